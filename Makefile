@@ -1,0 +1,50 @@
+# modelops developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+STATE_DIR ?= .devcluster
+
+.DEFAULT_GOAL := help
+.PHONY: help install test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(BIN)/modelops: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/modelops ## create .venv and install modelops with its test tools
+
+# pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
+define run_pytest
+	$(BIN)/python -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests ($(1))" >&2; exit 1; fi; exit $$rc
+endef
+
+test: install ## the whole suite: unit tests, then tests on the devcluster (starts it if needed)
+	$(call run_pytest,tests)
+
+unit: install ## only the tests that need no cluster
+	$(call run_pytest,tests -m "not cluster")
+
+cluster-test: install ## only the tests on the devcluster
+	$(call run_pytest,tests -m cluster)
+
+devcluster-up: install ## build (first time) and start the devcluster
+	$(BIN)/modelops devcluster up --state-dir $(STATE_DIR)
+
+devcluster-down: install ## stop the devcluster and remove its state
+	$(BIN)/modelops devcluster down --state-dir $(STATE_DIR)
+
+devcluster-status: install ## health of each devcluster component
+	$(BIN)/modelops devcluster status --state-dir $(STATE_DIR)
+
+tools-gomod: ## regenerate hack/tools/go.mod and go.sum from the pinned versions
+	hack/gen-tools-gomod.sh
+
+clean: ## remove the venv and caches in the tree (not the binary cache in ~/.cache/modelops)
+	rm -rf $(VENV) .pytest_cache build dist operator/*.egg-info

@@ -1,0 +1,142 @@
+"""The ``modelops`` command line.
+
+``modelops devcluster up | down | status | env`` manages the local control plane
+that tests and the demo run on. Later subcommands (``run``, ``crd``, ...) join
+the same group. Errors print one line, ``error: <cause> (log: <path>)``, and
+exit with status 1; usage errors exit with status 2 (click's convention).
+"""
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from modelops import __version__
+from modelops.devcluster import cluster
+from modelops.devcluster.errors import DevclusterError
+from modelops.devcluster.layout import DEFAULT_STATE_DIR, state_layout
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _state_dir_option(function: F) -> F:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_STATE_DIR,
+        envvar="MODELOPS_STATE_DIR",
+        show_default=True,
+        help="Where the cluster keeps pids, ports, certificates, kubeconfig and logs (env: MODELOPS_STATE_DIR).",
+    )(function)
+
+
+def _fail(error: DevclusterError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelops")
+def main() -> None:
+    """modelops: ship machine-learning models to Kubernetes safely, and keep them healthy."""
+
+
+@main.group()
+def devcluster() -> None:
+    """A real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) and Prometheus."""
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@devcluster.command()
+@_state_dir_option
+@click.option("--nodes", type=click.IntRange(1, cluster.MAX_NODES), default=2, show_default=True, help="Fake kwok nodes.")
+@click.option("--apiserver-port", type=click.IntRange(0, 65535), default=0, help="Port for kube-apiserver (0: any free).")
+@click.option("--prometheus-port", type=click.IntRange(0, 65535), default=0, help="Port for Prometheus (0: any free).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(5, 3600),
+    default=cluster.DEFAULT_START_TIMEOUT_SECONDS,
+    show_default=True,
+    help="Seconds each component may take to become healthy.",
+)
+def up(state_dir: Path, nodes: int, apiserver_port: int, prometheus_port: int, timeout: float) -> None:
+    """Build what is missing, start the cluster in the background, and wait until it is usable."""
+    try:
+        state = cluster.up(
+            state_dir,
+            nodes=nodes,
+            apiserver_port=apiserver_port,
+            prometheus_port=prometheus_port,
+            timeout=timeout,
+            progress=_progress,
+        )
+    except DevclusterError as error:
+        _fail(error)
+        return
+    flag = "" if state.root == state_layout(None).root else f" --state-dir {state.root}"
+    click.echo(
+        f"\nKubernetes {state.kubernetes_version} at {state.server} ({state.nodes} kwok nodes), "
+        f"Prometheus at {state.prometheus_url}\n"
+        f"Use it:\n"
+        f'  eval "$(modelops devcluster env{flag})"   # sets KUBECONFIG, PROMETHEUS_URL and PATH (kubectl)\n'
+        f"  kubectl get nodes\n"
+        f"  modelops devcluster status{flag}\n"
+        f"  modelops devcluster down{flag}"
+    )
+
+
+@devcluster.command()
+@_state_dir_option
+def down(state_dir: Path) -> None:
+    """Stop every process the cluster started (by PID, reverse order) and remove its state directory."""
+    try:
+        cluster.down(state_dir, progress=click.echo)
+    except DevclusterError as error:
+        _fail(error)
+
+
+@devcluster.command()
+@_state_dir_option
+def status(state_dir: Path) -> None:
+    """Report each component's health; exit 1 unless all are healthy."""
+    try:
+        state = cluster.load_state(state_layout(state_dir))
+    except DevclusterError as error:
+        _fail(error)
+        return
+    if state is None:
+        click.echo(f"no devcluster in {state_layout(state_dir).root}: run `modelops devcluster up`")
+        sys.exit(1)
+    statuses = cluster.check(state)
+    for item in statuses:
+        health = "healthy" if item.healthy else ("UNHEALTHY" if item.running else "DOWN")
+        pid = str(item.pid) if item.pid else "-"
+        memory = f"{item.rss_mib:.0f} MiB" if item.rss_mib is not None else "-"
+        click.echo(f"{item.name:<24} {pid:>8} {health:<10} {memory:>9}  {item.detail}")
+    total = sum(item.rss_mib or 0 for item in statuses)
+    click.echo(f"{'total resident memory':<44} {total:>9.0f} MiB")
+    sys.exit(0 if all(item.healthy for item in statuses) else 1)
+
+
+@devcluster.command()
+@_state_dir_option
+def env(state_dir: Path) -> None:
+    """Print `export KUBECONFIG=... PROMETHEUS_URL=...` for `eval "$(modelops devcluster env)"`."""
+    try:
+        state = cluster.load_state(state_layout(state_dir))
+    except DevclusterError as error:
+        _fail(error)
+        return
+    if state is None:
+        click.echo(f"error: no devcluster in {state_layout(state_dir).root}: run `modelops devcluster up`", err=True)
+        sys.exit(1)
+    click.echo(cluster.env_exports(state))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
