@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates hack/tools/go.mod + go.sum: the pinned Go module that builds the
 # devcluster's control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd). The staging replace list is derived from the
+# kube-scheduler, kubectl, etcd). The staging replace list is derived from the
 # k8s.io/kubernetes tag's own go.mod (kubernetes/kubernetes#79384), never typed.
 set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
@@ -17,7 +17,7 @@ grep -E '=> \./staging/src/k8s\.io/' "$gomod" | awk '{print $1}' | sort -u | whi
   go mod edit -replace="${mod}=${mod}@${STAGING_VERSION}"
 done
 go get "k8s.io/kubernetes@${K8S_VERSION}"
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   go get -tool "k8s.io/kubernetes/cmd/${cmd}@${K8S_VERSION}"
 done
 go get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"

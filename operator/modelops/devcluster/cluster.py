@@ -147,8 +147,8 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def allocate_ports(requested: Mapping[str, int]) -> dict[str, int]:
-    """A distinct port per component: the requested one if free (error if not), else any free one."""
+def check_requested_ports(requested: Mapping[str, int]) -> None:
+    """Fails fast, before any build or start, when a port the user asked for is unusable."""
     for name, port in requested.items():
         if port and not 0 < port < 65536:
             raise DevclusterError(f"--{name}-port {port} is not a TCP port (1-65535, or 0 for any free port)")
@@ -157,6 +157,11 @@ def allocate_ports(requested: Mapping[str, int]) -> dict[str, int]:
                 f"port {port} on 127.0.0.1 (--{name}-port) is already in use: free it, or choose another "
                 "port (0 picks a free one)"
             )
+
+
+def allocate_ports(requested: Mapping[str, int]) -> dict[str, int]:
+    """A distinct port per component: the requested one if given, else any free one."""
+    check_requested_ports(requested)
     held: list[socket.socket] = []
     ports: dict[str, int] = {}
     try:
@@ -282,6 +287,7 @@ def up(
     if not 1 <= nodes <= MAX_NODES:
         raise DevclusterError(f"--nodes {nodes} is out of range: choose 1 to {MAX_NODES}")
     layout = state_layout(state_dir)
+    requested_ports = {"apiserver": apiserver_port, "prometheus": prometheus_port}
     existing = load_state(layout)
     if existing is not None:
         statuses = check(existing)
@@ -298,8 +304,9 @@ def up(
         progress(f"found a half-created state directory {layout.root} (crashed start?); removing it")
         down(layout.root, progress=lambda _: None)
 
+    check_requested_ports(requested_ports)
     binaries = toolchain.resolve(CacheLayout(cache_root()), progress=progress)
-    ports = allocate_ports({"apiserver": apiserver_port, "prometheus": prometheus_port})
+    ports = allocate_ports(requested_ports)
     _claim_state_dir(layout)
     started = time.monotonic()
     state = ClusterState(

@@ -56,9 +56,10 @@ def start_ticks(pid: int) -> int | None:
 
 
 def _reap(pid: int) -> None:
+    """Collects the exit status of our own exited child, so it is not left a zombie."""
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
+    if child is not None:
+        child.poll()
 
 
 def is_running(record: ProcessRecord) -> bool:

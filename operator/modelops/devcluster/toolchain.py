@@ -3,7 +3,7 @@
 Resolution order for each binary:
 
 1. ``$KUBEBUILDER_ASSETS/<name>`` (the envtest convention) for etcd, kube-apiserver,
-   kube-controller-manager, kube-scheduler and kwok; ``$PROMETHEUS_BIN`` for Prometheus.
+   kube-controller-manager, kube-scheduler, kubectl and kwok; ``$PROMETHEUS_BIN`` for Prometheus.
 2. The version-keyed cache (``layout.CacheLayout``).
 3. A build: ``go build`` inside the pinned module ``hack/tools`` (Kubernetes and
    etcd), ``go install sigs.k8s.io/kwok/cmd/kwok@<version>``, and
@@ -33,7 +33,7 @@ from modelops.devcluster import versions
 from modelops.devcluster.errors import DevclusterError
 from modelops.devcluster.layout import CacheLayout
 
-KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 GO_BUILD_TIMEOUT_SECONDS = 60 * 60
 DOWNLOAD_TIMEOUT_SECONDS = 10 * 60
 
@@ -48,6 +48,7 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubectl: Path
     kwok: Path
     kwok_stages: Path
     prometheus: Path
@@ -106,6 +107,7 @@ def resolve(cache: CacheLayout, *, progress: Progress = print) -> Binaries:
         kube_apiserver=found["kube-apiserver"] or bin_dir / "kube-apiserver",
         kube_controller_manager=found["kube-controller-manager"] or bin_dir / "kube-controller-manager",
         kube_scheduler=found["kube-scheduler"] or bin_dir / "kube-scheduler",
+        kubectl=found["kubectl"] or bin_dir / "kubectl",
         kwok=found["kwok"] or cache.kwok_dir / "bin" / "kwok",
         kwok_stages=cache.kwok_stages / "fast",
         prometheus=_prometheus_binary(cache) or _must_exist_after_build(cache),
@@ -122,7 +124,7 @@ def _missing_steps(cache: CacheLayout, found: Mapping[str, Path | None]) -> list
         if not found[command] and not (bin_dir / command).is_file():
             steps.append(
                 (
-                    f"{command} {versions.KUBERNETES_VERSION} (go build; cold: 5-15 min)",
+                    f"{command} {versions.KUBERNETES_VERSION} (go build; cold: 1-5 min each)",
                     lambda command=command: _build_kubernetes_command(cache, command),  # type: ignore[misc]
                 )
             )

@@ -1,0 +1,63 @@
+"""The command line: usage errors, `env` output and messages when there is no cluster."""
+
+import json
+import shlex
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from modelops.cli import main
+from modelops.devcluster import cluster
+from modelops.devcluster.layout import state_layout
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["devcluster", "upp"])
+    assert result.exit_code == 2
+    assert "No such command 'upp'" in result.output
+
+
+def test_env_without_a_cluster_says_how_to_start_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["devcluster", "env", "--state-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "no devcluster in" in result.output
+    assert "modelops devcluster up" in result.output
+
+
+def test_status_without_a_cluster_exits_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["devcluster", "status", "--state-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "run `modelops devcluster up`" in result.output
+
+
+def test_env_prints_exports_for_eval(tmp_path: Path) -> None:
+    layout = state_layout(tmp_path / "state dir")  # a space, to prove quoting
+    layout.root.mkdir()
+    state = cluster.ClusterState(root=layout.root, ports={"apiserver": 6443, "prometheus": 9091}, nodes=2)
+    layout.state_file.write_text(json.dumps(state.to_json()))
+
+    result = CliRunner().invoke(main, ["devcluster", "env", "--state-dir", str(layout.root)])
+
+    assert result.exit_code == 0
+    first, second = result.output.strip().splitlines()
+    words = shlex.split(first)
+    assert words[0] == "export"
+    assignments = dict(word.split("=", 1) for word in words[1:])
+    assert assignments["KUBECONFIG"] == str(layout.admin_kubeconfig)
+    assert assignments["PROMETHEUS_URL"] == "http://127.0.0.1:9091"
+    assert assignments["MODELOPS_STATE_DIR"] == str(layout.root)
+    assert second.startswith("export PATH=")
+
+
+def test_down_of_a_foreign_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["devcluster", "down", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0
+    assert result.output.startswith("error: ")
+
+
+def test_up_rejects_an_out_of_range_port_as_usage_error() -> None:
+    result = CliRunner().invoke(main, ["devcluster", "up", "--apiserver-port", "70000"])
+    assert result.exit_code == 2
+    assert "--apiserver-port" in result.output
