@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from modelops.devcluster import bootstrap, cluster
+from modelops.devcluster import bootstrap, cluster, toolchain
 from modelops.devcluster.cluster import ClusterState
-from modelops.devcluster.layout import state_layout
+from modelops.devcluster.errors import DevclusterError
+from modelops.devcluster.layout import CacheLayout, cache_root, state_layout
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -32,20 +33,36 @@ def _state_dir() -> Path:
     return REPOSITORY / ".devcluster"
 
 
-def _progress(message: str) -> None:
-    # Session set-up output is captured by pytest; a cold build takes many minutes, so show it live.
-    print(f"[devcluster] {message}", file=sys.__stderr__, flush=True)
+class _LiveProgress:
+    """Prints devcluster progress past pytest's output capture: a cold build takes minutes."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._capture = config.pluginmanager.getplugin("capturemanager")
+
+    def __call__(self, message: str) -> None:
+        with self._capture.global_and_fixture_disabled():
+            print(f"[devcluster] {message}", file=sys.stderr, flush=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Builds missing binaries before any test runs, so the per-test timeout never covers a cold build."""
+    if any(item.get_closest_marker("cluster") for item in session.items):
+        try:
+            toolchain.resolve(CacheLayout(cache_root()), progress=_LiveProgress(session.config))
+        except DevclusterError as error:
+            raise pytest.UsageError(f"cannot build the devcluster: {error}") from error
 
 
 @pytest.fixture(scope="session")
-def devcluster() -> Iterator[ClusterState]:
+def devcluster(pytestconfig: pytest.Config) -> Iterator[ClusterState]:
+    progress = _LiveProgress(pytestconfig)
     state_dir = _state_dir()
     existing = cluster.load_state(state_layout(state_dir))
     reused = existing is not None and all(status.healthy for status in cluster.check(existing))
-    state = cluster.up(state_dir, progress=_progress)
+    state = cluster.up(state_dir, progress=progress)
     yield state
     if not reused and os.environ.get("MODELOPS_KEEP_DEVCLUSTER") != "1":
-        cluster.down(state_dir, progress=_progress)
+        cluster.down(state_dir, progress=progress)
 
 
 @pytest.fixture(scope="session")
