@@ -43,6 +43,47 @@ def main() -> None:
     """modelops: ship machine-learning models to Kubernetes safely, and keep them healthy."""
 
 
+@main.command()
+def crd() -> None:
+    """Print the ModelDeployment CustomResourceDefinition (generated from the API models)."""
+    from modelops.api.crd import render_yaml
+
+    click.echo(render_yaml(), nl=False)
+
+
+@main.command()
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch only this namespace (repeatable).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Watch every namespace (the default without --namespace).")
+@click.option(
+    "--resync-seconds",
+    type=click.FloatRange(1, 3600),
+    default=60,
+    show_default=True,
+    envvar="MODELOPS_RESYNC_SECONDS",
+    help="Period of the pass that repairs drift no event announced (env: MODELOPS_RESYNC_SECONDS).",
+)
+@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Liveness endpoint URL.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every pass, not only those that wrote.")
+def run(namespaces: tuple[str, ...], all_namespaces: bool, resync_seconds: float, liveness: str, verbose: bool) -> None:
+    """Run the operator against the current cluster ($KUBECONFIG, or in-cluster credentials)."""
+    import os
+
+    os.environ["MODELOPS_RESYNC_SECONDS"] = str(resync_seconds)
+    import kopf
+
+    import modelops.handlers  # noqa: F401 - registers the handlers
+
+    if namespaces and all_namespaces:
+        raise click.UsageError("use either --namespace or --all-namespaces, not both")
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    kopf.run(
+        standalone=True,  # one replica with strategy Recreate: no peering objects, no peering writes
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness,
+    )
+
+
 @main.group()
 def devcluster() -> None:
     """A real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) and Prometheus."""

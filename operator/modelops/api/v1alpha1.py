@@ -1,0 +1,402 @@
+"""The ModelDeployment API, version ``modelops.dev/v1alpha1``: the single source of truth.
+
+The CRD in ``crds/`` is generated from these models (``modelops crd``), and a test
+fails when the committed file is stale. Field docstrings become the schema's
+descriptions, so ``kubectl explain modeldeployment.spec.model`` reads them.
+
+Validation lives here as schema constraints (types, enums, bounds, patterns,
+``maxItems``/``maxLength`` on every list and string) and as CEL rules
+(``x-kubernetes-validations``) for cross-field rules, so the apiserver refuses bad
+input at admission, before anything is stored. The same constraints hold when
+the operator parses an object with pydantic.
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelops.dev"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["mdep"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# A ModelDeployment's name prefixes every child (Deployment, Service, HPA) and must leave
+# room for a version slug within the 63-character limit of a Service name (DNS-1035 label).
+MAX_NAME_LENGTH = 40
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# A model version is also a Kubernetes label value: at most 63 characters, alphanumerics
+# at both ends, and '-', '_' or '.' inside (so semver build metadata "+..." is not allowed).
+VERSION_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+URI_PATTERN = r"^(s3|gs|az|https?|file|oci|pvc|hf)://[^\s]+$"
+DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
+IMAGE_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+RESERVED_ENV_NAMES = ("MODEL_NAME", "MODEL_VERSION", "MODEL_URI", "MODEL_DIGEST", "MODELOPS_TRACK")
+MAX_REPLICAS = 1000
+
+ShortText = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase names in YAML, unknown fields refused, docstrings become descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ModelSpec(ApiModel):
+    """The model artifact. Its version is the revision's identity."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.version != oldSelf.version || (self.uri == oldSelf.uri && "
+                    "(has(self.digest) == has(oldSelf.digest)) && (!has(self.digest) || self.digest == oldSelf.digest))",
+                    "a released model version is immutable: to change model.uri or model.digest, also change "
+                    "model.version",
+                )
+            ]
+        }
+    )
+
+    version: str = Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)
+    """The model version, for example "2.1.0". A change starts a new rollout. Up to 63 characters:
+    letters, digits, '.', '_' and '-', beginning and ending with a letter or digit (it is also a label value)."""
+
+    uri: str = Field(max_length=2048, pattern=URI_PATTERN)
+    """Where the artifact is, handed to the runtime as MODEL_URI (s3://, gs://, az://, http(s)://, file://, oci://,
+    pvc:// or hf://)."""
+
+    digest: str | None = Field(default=None, max_length=71, pattern=DIGEST_PATTERN)
+    """Optional "sha256:<64 hex>" of the artifact, handed to the runtime as MODEL_DIGEST. The runtime must refuse an
+    artifact whose digest differs."""
+
+    format: Literal["sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "tensorflow", "mlflow", "custom"] = "custom"
+    """The artifact's format, handed to the runtime as MODEL_FORMAT."""
+
+
+class KeySelector(ApiModel):
+    """A key of a Secret or ConfigMap in the ModelDeployment's namespace."""
+
+    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the Secret or ConfigMap."""
+
+    key: str = Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key within it."""
+
+
+class EnvSource(ApiModel):
+    """Where an environment variable's value comes from (exactly one)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                    "valueFrom needs exactly one of secretKeyRef and configMapKeyRef",
+                )
+            ]
+        }
+    )
+
+    secret_key_ref: KeySelector | None = None
+    """A key of a Secret."""
+
+    config_map_key_ref: KeySelector | None = None
+    """A key of a ConfigMap."""
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the model server container."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both")
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN)
+    """Variable name. MODEL_NAME, MODEL_VERSION, MODEL_URI, MODEL_DIGEST and MODELOPS_TRACK are set by the
+    operator and cannot be overridden."""
+
+    value: str | None = Field(default=None, max_length=4096)
+    """A literal value."""
+
+    value_from: EnvSource | None = None
+    """A value read from a Secret or ConfigMap key."""
+
+
+Quantity = Annotated[str, StringConstraints(max_length=32, pattern=QUANTITY_PATTERN)]
+
+
+class ResourceList(ApiModel):
+    """CPU and memory quantities, in Kubernetes notation ("500m", "2", "1Gi")."""
+
+    cpu: Quantity | None = None
+    """CPU, for example "500m" or "2"."""
+
+    memory: Quantity | None = None
+    """Memory, for example "512Mi" or "2Gi"."""
+
+
+class Resources(ApiModel):
+    """Compute resources of the model server container."""
+
+    requests: ResourceList | None = None
+    """What the scheduler reserves. CPU requests are what a CPU utilization target is measured against."""
+
+    limits: ResourceList | None = None
+    """The most the container may use."""
+
+
+class RuntimeSpec(ApiModel):
+    """The model server that loads and serves the artifact."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.imagePolicy != 'RequireDigest' || self.image.contains('@sha256:')",
+                    "imagePolicy RequireDigest needs an image pinned by digest (name@sha256:<64 hex>)",
+                    ".image",
+                ),
+                cel(
+                    "!has(self.env) || self.env.all(e, !(e.name in "
+                    + "[" + ", ".join(f"'{name}'" for name in RESERVED_ENV_NAMES) + "]))",
+                    "env may not set MODEL_NAME, MODEL_VERSION, MODEL_URI, MODEL_DIGEST or MODELOPS_TRACK: the "
+                    "operator sets them from spec.model",
+                    ".env",
+                ),
+            ]
+        }
+    )
+
+    image: str = Field(min_length=1, max_length=512, pattern=IMAGE_PATTERN)
+    """The container image, preferably pinned by digest (registry/name@sha256:...)."""
+
+    image_policy: Literal["AllowTags", "RequireDigest"] = "AllowTags"
+    """RequireDigest refuses images that are not pinned by digest, so a release always runs the same bytes."""
+
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """When the kubelet pulls the image."""
+
+    port: int = Field(default=8080, ge=1, le=65535)
+    """The HTTP port the server listens on (Open Inference Protocol: /v2/health/live, /v2/models/<name>/ready)."""
+
+    command: list[ShortText] | None = Field(default=None, max_length=32)
+    """Overrides the image's entrypoint."""
+
+    args: list[ShortText] = Field(default_factory=list, max_length=64)
+    """Arguments to the server."""
+
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    """Extra environment variables."""
+
+    resources: Resources = Field(default_factory=Resources)
+    """CPU and memory requests and limits."""
+
+
+class ScalingSpec(ApiModel):
+    """How many replicas each version runs: a fixed count, or autoscaled by an HPA between min and max."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.replicas) && has(self.maxReplicas))",
+                    "set either replicas (a fixed count) or minReplicas/maxReplicas (autoscaling), not both",
+                ),
+                cel(
+                    "!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    "minReplicas must be less than or equal to maxReplicas",
+                    ".minReplicas",
+                ),
+                cel(
+                    "has(self.maxReplicas) || !(has(self.minReplicas) || has(self.targetCPUUtilizationPercentage) "
+                    "|| has(self.metrics) || has(self.behavior))",
+                    "minReplicas, targetCPUUtilizationPercentage, metrics and behavior need maxReplicas (autoscaling)",
+                ),
+            ]
+        }
+    )
+
+    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
+    """A fixed replica count (default 1 when maxReplicas is not set)."""
+
+    min_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    """Autoscaling lower bound (default 1)."""
+
+    max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    """Autoscaling upper bound. Setting it creates a HorizontalPodAutoscaler per version, and the operator then never
+    writes replicas."""
+
+    target_cpu_utilization_percentage: int | None = Field(
+        default=None, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
+    """Average CPU utilization target, as a percentage of the CPU request (default 80 when no metrics are given)."""
+
+    metrics: list[dict[str, Any]] | None = Field(default=None, max_length=8)
+    """autoscaling/v2 MetricSpec entries, passed to the HPA as they are."""
+
+    behavior: dict[str, Any] | None = None
+    """autoscaling/v2 HorizontalPodAutoscalerBehavior, passed to the HPA as it is."""
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas is not None
+
+
+class ModelDeploymentSpec(ApiModel):
+    """What to serve and how."""
+
+    model: ModelSpec
+    """The model artifact and its version."""
+
+    runtime: RuntimeSpec
+    """The model server image and its settings."""
+
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    """Replica count or autoscaling, applied to each version independently."""
+
+    revision_history_limit: int = Field(default=3, ge=0, le=20)
+    """How many past revisions status.history keeps."""
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+Phase = Literal["Pending", "Progressing", "Healthy", "Degraded", "Paused"]
+Track = Literal["stable", "canary"]
+Outcome = Literal["Promoted", "RolledBack", "Superseded", "Aborted"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: str = Field(max_length=316)
+    """Ready, Progressing or Degraded."""
+
+    status: ConditionStatus
+    """True, False or Unknown."""
+
+    reason: str = Field(max_length=1024)
+    """A CamelCase reason."""
+
+    message: str = Field(default="", max_length=32768)
+    """A human-readable explanation."""
+
+    last_transition_time: str = Field(max_length=64)
+    """When status last changed."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation the condition was computed for."""
+
+
+class VersionStatus(ApiModel):
+    """A version that is serving."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str = Field(max_length=63)
+    """The model version."""
+
+    deployment: str = Field(max_length=63)
+    """The versioned Deployment (and Service, and HPA) name."""
+
+    replicas: int = 0
+    """Replicas the Deployment wants."""
+
+    ready_replicas: int = 0
+    """Replicas that are Ready."""
+
+    weight: int | None = Field(default=None, ge=0, le=100)
+    """Percentage of traffic this version receives."""
+
+
+class HistoryEntry(ApiModel):
+    """What happened to one revision."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str = Field(max_length=63)
+    """The model version."""
+
+    outcome: Outcome
+    """Promoted, RolledBack, Superseded or Aborted."""
+
+    at: str = Field(max_length=64)
+    """When (RFC 3339)."""
+
+    reason: str = Field(default="", max_length=1024)
+    """Why."""
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state, written only by the operator."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    observed_generation: int | None = None
+    """The .metadata.generation this status describes."""
+
+    phase: Phase | None = None
+    """Pending, Progressing, Healthy, Degraded or Paused."""
+
+    message: str | None = Field(default=None, max_length=1024)
+    """One line saying what is going on or missing."""
+
+    stable: VersionStatus | None = None
+    """The version serving production traffic."""
+
+    canary: VersionStatus | None = None
+    """The version being rolled out, if any."""
+
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    """Ready, Progressing, Degraded."""
+
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=20)
+    """Past revisions, newest last, bounded by spec.revisionHistoryLimit."""
+
+
+class ModelDeployment(ApiModel):
+    """A machine-learning model served on Kubernetes, one Deployment per version, rolled out safely."""
+
+    model_config = ConfigDict(
+        extra="ignore",  # apiVersion/kind/metadata are validated by the apiserver
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{NAME_PATTERN}')",
+                    f"metadata.name must be at most {MAX_NAME_LENGTH} characters of lowercase letters, digits and "
+                    "'-', starting with a letter (it prefixes the names of Services)",
+                )
+            ]
+        },
+    )
+
+    spec: ModelDeploymentSpec
+    """The desired state."""
+
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+    """The observed state."""

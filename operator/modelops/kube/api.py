@@ -1,0 +1,154 @@
+"""The operator's view of the Kubernetes API, behind a small interface.
+
+``ClusterApi`` is what the reconciler needs: list a ModelDeployment's children, apply one
+(server-side apply, field manager ``modelops``, forced: the operator owns what it
+renders), delete one, and patch the ModelDeployment's status subresource.
+``KubernetesClusterApi`` implements it with the official client; every call has a
+timeout, and API errors become :class:`ApiError` with the status code and the
+apiserver's message.
+"""
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from modelops.api import v1alpha1
+from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+
+REQUEST_TIMEOUT_SECONDS = 15
+CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler")
+
+
+class ApiError(Exception):
+    """A failed API call: ``status`` is the HTTP status (0 when the apiserver was unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+def _error(error: ApiException) -> ApiError:
+    message = error.reason or "error"
+    try:
+        message = json.loads(error.body or "{}").get("message", message)
+    except (ValueError, AttributeError):
+        pass
+    return ApiError(int(error.status or 0), str(message))
+
+
+class ClusterApi(Protocol):
+    def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]: ...
+
+    def apply(self, manifest: Mapping[str, Any]) -> None: ...
+
+    def delete(self, namespace: str, kind: str, name: str) -> None: ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+
+class KubernetesClusterApi:
+    """``ClusterApi`` over the official Kubernetes client (synchronous; run from kopf's thread pool)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._client = api_client
+        self._apps = client.AppsV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._autoscaling = client.AutoscalingV2Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+
+    def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ModelDeployment as stored now (None when it is gone)."""
+        try:
+            return dict(
+                self._custom.get_namespaced_custom_object(
+                    v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name,
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+
+    def _serialize(self, items: list[Any]) -> list[dict[str, Any]]:
+        return [self._client.sanitize_for_serialization(item) for item in items]
+
+    def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
+        """Children labelled for ``owner`` and controlled by its uid (a copied label alone is not enough)."""
+        selector = f"{LABEL_DEPLOYMENT}={owner},{LABEL_MANAGED_BY}={MANAGED_BY}"
+        listers = {
+            "Deployment": ("apps/v1", self._apps.list_namespaced_deployment),
+            "Service": ("v1", self._core.list_namespaced_service),
+            "HorizontalPodAutoscaler": ("autoscaling/v2", self._autoscaling.list_namespaced_horizontal_pod_autoscaler),
+        }
+        result: dict[str, list[dict[str, Any]]] = {}
+        for kind, (api_version, lister) in listers.items():
+            try:
+                items = lister(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS).items
+            except ApiException as error:
+                raise _error(error) from error
+            # Items of a list carry no apiVersion/kind; put them back so objects compare like manifests.
+            result[kind] = [
+                {"apiVersion": api_version, "kind": kind, **item}
+                for item in self._serialize(items)
+                if _controlled_by(item, owner_uid)
+            ]
+        return result
+
+    def apply(self, manifest: Mapping[str, Any]) -> None:
+        kind, metadata = manifest["kind"], manifest["metadata"]
+        patchers = {
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "Service": self._core.patch_namespaced_service,
+            "HorizontalPodAutoscaler": self._autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+        }
+        try:
+            patchers[kind](
+                metadata["name"],
+                metadata["namespace"],
+                dict(manifest),
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except ApiException as error:
+            raise _error(error) from error
+
+    def delete(self, namespace: str, kind: str, name: str) -> None:
+        deleters = {
+            "Deployment": self._apps.delete_namespaced_deployment,
+            "Service": self._core.delete_namespaced_service,
+            "HorizontalPodAutoscaler": self._autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+        }
+        try:
+            deleters[kind](name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as error:
+            if error.status != 404:
+                raise _error(error) from error
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                v1alpha1.GROUP,
+                v1alpha1.VERSION,
+                namespace,
+                v1alpha1.PLURAL,
+                name,
+                {"status": dict(status)},
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except ApiException as error:
+            raise _error(error) from error
+
+
+def _controlled_by(item: Mapping[str, Any], owner_uid: str) -> bool:
+    references = item.get("metadata", {}).get("ownerReferences") or []
+    return any(reference.get("uid") == owner_uid and reference.get("controller") for reference in references)

@@ -1,0 +1,149 @@
+"""One reconciliation pass with I/O: observe, plan (pure), write only what the plan says.
+
+Used by every trigger (a ModelDeployment event, a child's event, the periodic pass);
+passes are idempotent, so running one twice in a row writes nothing the second time.
+No kopf here: the handlers in ``modelops.handlers`` call :func:`reconcile`.
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, Track
+from modelops.kube.api import ApiError, ClusterApi
+from modelops.planning import reconcile as planning
+from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What a pass did, for logs, events and tests."""
+
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+    errors: list[str] = field(default_factory=list)
+    events: list[planning.Event] = field(default_factory=list)
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self.applied or self.deleted or self.status_written)
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+def observe_deployment(item: Mapping[str, Any]) -> planning.ObservedDeployment:
+    metadata, spec, status = item["metadata"], item.get("spec", {}), item.get("status", {})
+    conditions = status.get("conditions") or []
+    deadline = any(
+        c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in conditions
+    )
+    release_track = (metadata.get("annotations") or {}).get(ANNOTATION_RELEASE_TRACK)
+    return planning.ObservedDeployment(
+        name=metadata["name"],
+        version=(metadata.get("labels") or {}).get(LABEL_MODEL_VERSION, ""),
+        release_track=cast(Track, release_track) if release_track in ("stable", "canary") else None,
+        replicas=_int(spec.get("replicas", 1)),
+        ready_replicas=_int(status.get("readyReplicas")),
+        updated_replicas=_int(status.get("updatedReplicas")),
+        total_replicas=_int(status.get("replicas")),
+        generation=_int(metadata.get("generation")),
+        observed_generation=_int(status.get("observedGeneration")),
+        progress_deadline_exceeded=deadline,
+        manifest=item,
+    )
+
+
+def observe(cluster: ClusterApi, owner: Owner) -> planning.Observed:
+    found = cluster.list_children(owner.namespace, owner.name, owner.uid)
+    versions: dict[tuple[str, str], str] = {}
+    for kind, items in found.items():
+        for item in items:
+            version = (item["metadata"].get("labels") or {}).get(LABEL_MODEL_VERSION)
+            if version:
+                versions[(kind, item["metadata"]["name"])] = version
+    return planning.Observed(
+        deployments={d["metadata"]["name"]: observe_deployment(d) for d in found.get("Deployment", [])},
+        services={s["metadata"]["name"]: s for s in found.get("Service", [])},
+        autoscalers={h["metadata"]["name"]: h for h in found.get("HorizontalPodAutoscaler", [])},
+        versions_by_child=versions,
+    )
+
+
+def status_document(status: ModelDeploymentStatus) -> dict[str, Any]:
+    """The status as a JSON merge patch: None values are sent as null so stale fields are removed."""
+    return status.model_dump(mode="json", by_alias=True)
+
+
+def current_status(body: Mapping[str, Any]) -> ModelDeploymentStatus:
+    try:
+        return ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return ModelDeploymentStatus()  # written by someone else in a shape we do not know: rebuild it
+
+
+def _invalid_spec_status(previous: ModelDeploymentStatus, error: ValidationError, generation: int, now: str) -> ModelDeploymentStatus:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = f"spec.{location}: {first['msg']}"
+    condition = Condition(
+        type="Degraded", status="True", reason="InvalidSpec", message=message, last_transition_time=now,
+        observed_generation=generation,
+    )
+    others = [c for c in previous.conditions if c.type != "Degraded"]
+    return previous.model_copy(
+        update={"phase": "Degraded", "message": message, "observed_generation": generation, "conditions": [*others, condition]}
+    )
+
+
+def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome:
+    """Brings one ModelDeployment's children and status to the desired state; writes nothing if already there."""
+    metadata = body["metadata"]
+    owner = Owner(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
+    generation = _int(metadata.get("generation"))
+    previous = current_status(body)
+    outcome = Outcome()
+    try:
+        spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        # The CRD schema should have refused this; it happens only with an outdated CRD installed.
+        status = _invalid_spec_status(previous, error, generation, now)
+        if status != previous:
+            cluster.patch_status(owner.namespace, owner.name, status_document(status))
+            outcome.status_written = True
+        outcome.errors.append(status.message or "invalid spec")
+        return outcome
+
+    observed = observe(cluster, owner)
+    plan = planning.plan(owner, spec, previous, observed, generation, now)
+    for manifest in plan.apply:
+        label = f"{manifest['kind']} {manifest['metadata']['name']}"
+        try:
+            cluster.apply(manifest)
+            outcome.applied.append(label)
+        except ApiError as error:
+            outcome.errors.append(f"{label}: {error.message}")
+    for kind, name in plan.delete:
+        try:
+            cluster.delete(owner.namespace, kind, name)
+            outcome.deleted.append(f"{kind} {name}")
+        except ApiError as error:
+            outcome.errors.append(f"deleting {kind} {name}: {error.message}")
+
+    status = plan.status
+    if outcome.errors:
+        decision = planning.decide_versions(spec, previous, observed, owner, now)
+        status = planning.compute_status(owner, spec, previous, decision, observed, generation, now, outcome.errors)
+    if status != previous:
+        cluster.patch_status(owner.namespace, owner.name, status_document(status))
+        outcome.status_written = True
+    outcome.events = plan.events
+    return outcome
