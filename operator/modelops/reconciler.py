@@ -124,13 +124,12 @@ def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome
 
     observed = observe(cluster, owner)
     plan = planning.plan(owner, spec, previous, observed, generation, now)
-    for manifest in plan.apply:
-        label = f"{manifest['kind']} {manifest['metadata']['name']}"
+    for write in plan.apply:
         try:
-            cluster.apply(manifest)
-            outcome.applied.append(label)
+            cluster.apply(write.manifest, write.field_manager)
+            outcome.applied.append(write.label)
         except ApiError as error:
-            outcome.errors.append(f"{label}: {error.message}")
+            outcome.errors.append(f"{write.label}: {error.message}")
     for kind, name in plan.delete:
         try:
             cluster.delete(owner.namespace, kind, name)

@@ -8,7 +8,9 @@ timeout, and API errors become :class:`ApiError` with the status code and the
 apiserver's message.
 """
 
+import datetime
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ from modelops.api import v1alpha1
 from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 
 REQUEST_TIMEOUT_SECONDS = 15
+log = logging.getLogger(__name__)
 CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler")
 
 
@@ -45,11 +48,13 @@ class ClusterApi(Protocol):
 
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]: ...
 
-    def apply(self, manifest: Mapping[str, Any]) -> None: ...
+    def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None: ...
 
     def delete(self, namespace: str, kind: str, name: str) -> None: ...
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
 class KubernetesClusterApi:
@@ -101,7 +106,7 @@ class KubernetesClusterApi:
             ]
         return result
 
-    def apply(self, manifest: Mapping[str, Any]) -> None:
+    def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:
         kind, metadata = manifest["kind"], manifest["metadata"]
         patchers = {
             "Deployment": self._apps.patch_namespaced_deployment,
@@ -113,7 +118,7 @@ class KubernetesClusterApi:
                 metadata["name"],
                 metadata["namespace"],
                 dict(manifest),
-                field_manager=FIELD_MANAGER,
+                field_manager=field_manager,
                 force=True,
                 _content_type="application/apply-patch+yaml",
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
@@ -147,6 +152,35 @@ class KubernetesClusterApi:
             )
         except ApiException as error:
             raise _error(error) from error
+
+    def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``owner`` (shown by ``kubectl describe``); failures are logged, never raised."""
+        metadata = owner["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=owner.get("apiVersion", v1alpha1.API_VERSION),
+                kind=owner.get("kind", v1alpha1.KIND),
+                name=metadata["name"],
+                namespace=metadata["namespace"],
+                uid=metadata["uid"],
+                resource_version=metadata.get("resourceVersion"),
+            ),
+            reason=reason[:128],
+            message=message[:1024],
+            type=type_,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=FIELD_MANAGER,
+            reporting_instance=FIELD_MANAGER,
+        )
+        try:
+            self._core.create_namespaced_event(metadata["namespace"], event, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as error:
+            log.warning("could not post event %s on %s/%s: %s", reason, metadata["namespace"], metadata["name"], _error(error))
 
 
 def _controlled_by(item: Mapping[str, Any], owner_uid: str) -> bool:

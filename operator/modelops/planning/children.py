@@ -20,6 +20,7 @@ from modelops.api.v1alpha1 import ModelDeploymentSpec, ModelSpec, Track
 from modelops.planning.names import child_name
 
 FIELD_MANAGER = "modelops"
+BOOTSTRAP_FIELD_MANAGER = "modelops-bootstrap"  # only for the initial replicas of an autoscaled Deployment
 CONTAINER_NAME = "model-server"
 SERVICE_PORT = 80
 DEFAULT_CPU_TARGET = 80
@@ -78,14 +79,19 @@ def _metadata(owner: Owner, name: str, labels: Mapping[str, str], annotations: M
     return metadata
 
 
+def _variable(name: str, value: str | None) -> dict[str, Any]:
+    """An env entry; an empty value is left out, as the apiserver would store it."""
+    return {"name": name, "value": value} if value else {"name": name}
+
+
 def _environment(owner: Owner, spec: ModelDeploymentSpec, model: ModelSpec, release_track: Track) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "MODEL_NAME", "value": owner.name},
-        {"name": "MODEL_VERSION", "value": model.version},
-        {"name": "MODEL_URI", "value": model.uri},
-        {"name": "MODEL_DIGEST", "value": model.digest or ""},
-        {"name": "MODEL_FORMAT", "value": model.format},
-        {"name": "MODELOPS_TRACK", "value": release_track},
+        _variable("MODEL_NAME", owner.name),
+        _variable("MODEL_VERSION", model.version),
+        _variable("MODEL_URI", model.uri),
+        _variable("MODEL_DIGEST", model.digest),
+        _variable("MODEL_FORMAT", model.format),
+        _variable("MODELOPS_TRACK", release_track),
     ]
     for variable in spec.runtime.env:
         if variable.value_from is not None:
@@ -95,7 +101,7 @@ def _environment(owner: Owner, spec: ModelDeploymentSpec, model: ModelSpec, rele
             assert reference is not None  # guaranteed by the CEL rule "exactly one"
             env.append({"name": variable.name, "valueFrom": {key: {"name": reference.name, "key": reference.key}}})
         else:
-            env.append({"name": variable.name, "value": variable.value or ""})
+            env.append(_variable(variable.name, variable.value))
     return env
 
 

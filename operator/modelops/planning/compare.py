@@ -6,6 +6,7 @@ applying ``desired`` change ``observed``?" without asking the apiserver:
 
 - Maps: every key of ``desired`` must be in ``observed`` with an applied value. Extra keys in
   ``observed`` (defaults, status, fields of other managers) are fine, as they are for SSA.
+  An empty string matches an absent key: the apiserver omits empty strings (``omitempty``).
 - Lists of maps with a ``name`` (containers, env, ports, volumes): matched by name, in
   order; ``observed`` may hold extra named items that another manager added.
 - Other lists (args, metrics, ...): atomic, so the same length and each item applied.
@@ -63,7 +64,7 @@ def _applied(desired: Any, observed: Any, in_resources: bool = False) -> bool:
         if not isinstance(observed, Mapping):
             return False
         return all(
-            key in observed and _applied(value, observed[key], in_resources or key == "resources")
+            _applied(value, observed[key], in_resources or key == "resources") if key in observed else value == ""
             for key, value in desired.items()
         )
     if isinstance(desired, Sequence) and not isinstance(desired, str):

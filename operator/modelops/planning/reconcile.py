@@ -86,10 +86,22 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Apply:
+    """One server-side apply: ``manifest`` under ``field_manager``."""
+
+    manifest: dict[str, Any]
+    field_manager: str = children.FIELD_MANAGER
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest['kind']} {self.manifest['metadata']['name']}"
+
+
+@dataclass(frozen=True)
 class Plan:
     """The writes one pass needs; all empty in steady state."""
 
-    apply: list[dict[str, Any]]
+    apply: list[Apply]
     delete: list[tuple[str, str]]
     status: ModelDeploymentStatus
     events: list[Event]
@@ -117,10 +129,22 @@ def decide_versions(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, ob
     if stable == target:
         return Decision(stable, target, promoted=False, first_release=False, history=history)
     candidate = observed.deployments.get(child_name(owner.name, target))
-    if candidate is not None and candidate.rolled_out:
+    if candidate is not None and serving(candidate, spec):
         entry = HistoryEntry(version=target, outcome="Promoted", at=now, reason=f"all {candidate.replicas} replicas Ready")
         return Decision(target, target, promoted=True, first_release=False, history=_bounded(history, entry, spec))
     return Decision(stable, target, promoted=False, first_release=False, history=history)
+
+
+def wanted_replicas(spec: ModelDeploymentSpec, found: ObservedDeployment | None) -> int:
+    """Replicas a version must have Ready: its Deployment's count, and at least minReplicas when autoscaled."""
+    floor = (spec.scaling.min_replicas or 1) if spec.scaling.autoscaled else 0
+    current = found.replicas if found else (children.replicas(spec) or 0)
+    return max(current, floor)
+
+
+def serving(found: ObservedDeployment, spec: ModelDeploymentSpec) -> bool:
+    """Rolled out, with every wanted replica Ready."""
+    return found.rolled_out and found.ready_replicas >= wanted_replicas(spec, found)
 
 
 def _bounded(history: tuple[HistoryEntry, ...], entry: HistoryEntry, spec: ModelDeploymentSpec) -> tuple[HistoryEntry, ...]:
@@ -177,7 +201,7 @@ def _condition(
 def _version_status(owner: Owner, version: str, observed: Observed, spec: ModelDeploymentSpec, weight: int) -> VersionStatus:
     name = child_name(owner.name, version)
     found = observed.deployments.get(name)
-    wanted = found.replicas if found else (children.replicas(spec) or spec.scaling.min_replicas or 1)
+    wanted = wanted_replicas(spec, found)
     ready = found.ready_replicas if found else 0
     return VersionStatus(version=version, deployment=name, replicas=wanted, ready_replicas=ready, weight=weight)
 
@@ -196,7 +220,7 @@ def compute_status(
     stable = _version_status(owner, decision.stable, observed, spec, weight=100)
     canary = None if decision.stable == decision.target else _version_status(owner, decision.target, observed, spec, 0)
     stable_deployment = observed.deployments.get(stable.deployment)
-    stable_ready = stable_deployment is not None and stable_deployment.rolled_out
+    stable_ready = stable_deployment is not None and serving(stable_deployment, spec)
     readiness = f"{stable.ready_replicas}/{stable.replicas} replicas of {stable.deployment} ready"
 
     degraded_reason, degraded_message = "AsExpected", "no problems"
@@ -244,6 +268,15 @@ def compute_status(
     )
 
 
+def _with_initial_replicas(manifest: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """A new autoscaled Deployment starts at minReplicas instead of the default 1.
+
+    Applied under a separate field manager: ``modelops`` never owns ``replicas`` of an
+    autoscaled Deployment, so its later applies (which omit it) never reset what the HPA set.
+    """
+    return {**manifest, "spec": {**manifest["spec"], "replicas": spec.scaling.min_replicas or 1}}
+
+
 def plan(
     owner: Owner,
     spec: ModelDeploymentSpec,
@@ -254,10 +287,14 @@ def plan(
 ) -> Plan:
     """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state."""
     decision = decide_versions(spec, status, observed, owner, now)
-    desired = desired_children(owner, spec, decision, observed)
-    to_apply = [
-        manifest for manifest in desired if not is_applied(manifest, observed.get(manifest["kind"], manifest["metadata"]["name"]))
-    ]
+    to_apply = []
+    for manifest in desired_children(owner, spec, decision, observed):
+        current = observed.get(manifest["kind"], manifest["metadata"]["name"])
+        if is_applied(manifest, current):
+            continue
+        if current is None and manifest["kind"] == "Deployment" and spec.scaling.autoscaled:
+            to_apply.append(Apply(_with_initial_replicas(manifest, spec), children.BOOTSTRAP_FIELD_MANAGER))
+        to_apply.append(Apply(manifest))
     to_delete = stale_children(owner, decision, observed) + unwanted_autoscalers(owner, spec, decision, observed)
     events: list[Event] = []
     if decision.first_release:
