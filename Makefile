@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 STATE_DIR ?= .devcluster
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean
+.PHONY: help install test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean crd run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,3 +48,9 @@ tools-gomod: ## regenerate hack/tools/go.mod and go.sum from the pinned versions
 
 clean: ## remove the venv and caches in the tree (not the binary cache in ~/.cache/modelops)
 	rm -rf $(VENV) .pytest_cache build dist operator/*.egg-info
+
+crd: install ## regenerate crds/ from the API models
+	$(BIN)/modelops crd > crds/modeldeployments.modelops.dev.yaml
+
+run: install ## run the operator against $$KUBECONFIG (all namespaces)
+	$(BIN)/modelops run --all-namespaces

@@ -1,0 +1,168 @@
+"""The pure reconciliation pass: version hand-over, minimal writes, status and its stability."""
+
+from modelops.api.v1alpha1 import ModelDeploymentStatus
+from modelops.planning import reconcile as planning
+from tests.unit.planning.helpers import LATER, NOW, OWNER, World, spec
+
+
+def run(world: World, desired_spec, status: ModelDeploymentStatus, now: str = NOW, generation: int = 1) -> planning.Plan:
+    plan = planning.plan(OWNER, desired_spec, status, world.observed(), generation, now)
+    world.apply(plan.apply)
+    world.delete(plan.delete)
+    return plan
+
+
+def test_first_pass_creates_the_children_and_makes_the_first_version_stable() -> None:
+    world = World()
+    plan = run(world, spec(), ModelDeploymentStatus())
+    assert sorted(write.label for write in plan.apply) == [
+        "Deployment fraud-detector-2-1-0",
+        "Service fraud-detector",
+        "Service fraud-detector-2-1-0",
+    ]
+    assert plan.delete == []
+    assert plan.status.stable is not None and plan.status.stable.version == "2.1.0"
+    assert plan.status.canary is None
+    assert plan.status.phase == "Pending"
+    assert [(h.version, h.outcome) for h in plan.status.history] == [("2.1.0", "Promoted")]
+    assert [e.reason for e in plan.events] == ["Released"]
+
+
+def test_ready_replicas_make_it_healthy_and_then_nothing_is_written() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 2
+    plan = run(world, spec(), status, now=LATER)
+    assert plan.apply == []
+    assert plan.status.phase == "Healthy"
+    ready = next(c for c in plan.status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason, ready.message) == ("True", "AllReplicasReady", "2/2 replicas of fraud-detector-2-1-0 ready")
+    assert ready.last_transition_time == LATER
+    again = run(world, spec(), plan.status, now="2026-11-26T13:00:00Z")
+    assert again.apply == [] and again.delete == [] and again.events == []
+    assert again.status == plan.status  # identical, including lastTransitionTime: no status write
+
+
+def test_partial_readiness_is_reported() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 1
+    plan = run(world, spec(), status)
+    assert plan.status.message == "1/2 replicas of fraud-detector-2-1-0 ready"
+    assert plan.status.phase == "Progressing"
+    assert next(c for c in plan.status.conditions if c.type == "Ready").status == "False"
+
+
+def test_autoscaling_creates_an_hpa_and_starts_at_min_replicas_under_a_separate_manager() -> None:
+    world = World()
+    autoscaled = spec(scaling={"minReplicas": 3, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60})
+    plan = run(world, autoscaled, ModelDeploymentStatus())
+    managers = {(write.label, write.field_manager) for write in plan.apply}
+    assert ("Deployment fraud-detector-2-1-0", "modelops-bootstrap") in managers
+    assert ("Deployment fraud-detector-2-1-0", "modelops") in managers
+    bootstrap = next(w for w in plan.apply if w.field_manager == "modelops-bootstrap")
+    main = next(w for w in plan.apply if w.label == "Deployment fraud-detector-2-1-0" and w.field_manager == "modelops")
+    assert bootstrap.manifest["spec"]["replicas"] == 3
+    assert "replicas" not in main.manifest["spec"]
+    hpa = next(w.manifest for w in plan.apply if w.manifest["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] == 3 and hpa["spec"]["maxReplicas"] == 6
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+
+
+def test_autoscaled_version_is_not_ready_below_min_replicas() -> None:
+    world = World()
+    autoscaled = spec(scaling={"minReplicas": 3, "maxReplicas": 6})
+    status = run(world, autoscaled, ModelDeploymentStatus()).status
+    world.objects[("Deployment", "fraud-detector-2-1-0")]["spec"]["replicas"] = 1  # as if the HPA had not acted yet
+    world.ready["fraud-detector-2-1-0"] = 1
+    plan = run(world, autoscaled, status)
+    assert plan.status.stable is not None and plan.status.stable.replicas == 3
+    assert plan.status.phase != "Healthy"
+
+
+def test_turning_autoscaling_off_deletes_the_hpa() -> None:
+    world = World()
+    status = run(world, spec(scaling={"maxReplicas": 4}), ModelDeploymentStatus()).status
+    plan = run(world, spec(scaling={"replicas": 2}), status)
+    assert ("HorizontalPodAutoscaler", "fraud-detector-2-1-0") in plan.delete
+
+
+def test_new_version_rolls_out_beside_stable_then_is_promoted_and_the_old_one_deleted() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 2
+    status = run(world, spec(), status).status
+    new = spec(model={"version": "2.2.0", "uri": "s3://models/fraud/2.2.0/"})
+
+    rolling = run(world, new, status, now=LATER, generation=2)
+    assert sorted(w.label for w in rolling.apply) == ["Deployment fraud-detector-2-2-0", "Service fraud-detector-2-2-0"]
+    assert rolling.status.stable is not None and rolling.status.stable.version == "2.1.0"
+    assert rolling.status.canary is not None and rolling.status.canary.version == "2.2.0"
+    assert rolling.status.phase == "Progressing"
+    canary_deployment = world.objects[("Deployment", "fraud-detector-2-2-0")]
+    assert canary_deployment["metadata"]["labels"]["modelops.dev/track"] == "canary"
+    assert world.objects[("Service", "fraud-detector")]["spec"]["selector"]["modelops.dev/version"] == "2.1.0"
+
+    world.ready["fraud-detector-2-2-0"] = 2
+    promoted = run(world, new, rolling.status, now=LATER, generation=2)
+    assert promoted.status.stable is not None and promoted.status.stable.version == "2.2.0"
+    assert promoted.status.canary is None
+    assert sorted(promoted.delete) == [("Deployment", "fraud-detector-2-1-0"), ("Service", "fraud-detector-2-1-0")]
+    assert [e.reason for e in promoted.events] == ["Promoted"]
+    assert world.objects[("Service", "fraud-detector")]["spec"]["selector"]["modelops.dev/version"] == "2.2.0"
+    # The release track in the pod template never changes, so promotion restarts no pod.
+    template_env = world.objects[("Deployment", "fraud-detector-2-2-0")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "MODELOPS_TRACK", "value": "canary"} in template_env
+    assert world.objects[("Deployment", "fraud-detector-2-2-0")]["metadata"]["labels"]["modelops.dev/track"] == "stable"
+    assert [h.version for h in promoted.status.history] == ["2.1.0", "2.2.0"]
+
+
+def test_a_superseded_version_is_deleted() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 2
+    status = run(world, spec(), status).status
+    status = run(world, spec(model={"version": "2.2.0", "uri": "s3://m/2.2.0/"}), status).status
+    plan = run(world, spec(model={"version": "2.3.0", "uri": "s3://m/2.3.0/"}), status)
+    assert sorted(plan.delete) == [("Deployment", "fraud-detector-2-2-0"), ("Service", "fraud-detector-2-2-0")]
+    assert plan.status.canary is not None and plan.status.canary.version == "2.3.0"
+
+
+def test_history_is_bounded_by_the_revision_history_limit() -> None:
+    world = World()
+    status = ModelDeploymentStatus()
+    for minor in range(6):
+        version = f"2.{minor}.0"
+        current = spec(model={"version": version, "uri": f"s3://m/{version}/"}, revisionHistoryLimit=3)
+        status = run(world, current, status).status
+        world.ready[f"fraud-detector-2-{minor}-0"] = 2
+        status = run(world, current, status).status
+    assert [h.version for h in status.history] == ["2.3.0", "2.4.0", "2.5.0"]
+
+
+def test_a_progress_deadline_exceeded_marks_it_degraded() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.progress_deadline_exceeded.add("fraud-detector-2-1-0")
+    plan = run(world, spec(), status)
+    assert plan.status.phase == "Degraded"
+    degraded = next(c for c in plan.status.conditions if c.type == "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "ProgressDeadlineExceeded")
+
+
+def test_apply_errors_are_reported_as_degraded() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    decision = planning.decide_versions(spec(), status, world.observed(), OWNER, NOW)
+    degraded = planning.compute_status(OWNER, spec(), status, decision, world.observed(), 1, NOW, ["Service x: forbidden"])
+    assert degraded.phase == "Degraded"
+    assert degraded.message == "Service x: forbidden"
+
+
+def test_a_stable_deployment_deleted_by_hand_is_recreated() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.delete([("Deployment", "fraud-detector-2-1-0")])
+    plan = run(world, spec(), status)
+    assert [w.label for w in plan.apply] == ["Deployment fraud-detector-2-1-0"]
+    assert plan.events == []  # not a new release

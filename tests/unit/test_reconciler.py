@@ -1,0 +1,98 @@
+"""The reconciler's wiring over an in-memory ClusterApi: what it writes, and what it does on errors."""
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from modelops.kube.api import ApiError
+from modelops.reconciler import reconcile
+from tests.unit.planning.helpers import NOW
+
+
+class FakeCluster:
+    """Records every call; holds applied objects so that a second pass sees them."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.fail_apply: dict[str, ApiError] = {}
+
+    def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.body)
+
+    def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
+        self.calls.append("list")
+        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": []}
+        for (kind, _), item in self.objects.items():
+            result[kind].append(copy.deepcopy(item))
+        return result
+
+    def apply(self, manifest: Mapping[str, Any], field_manager: str = "modelops") -> None:
+        if manifest["kind"] in self.fail_apply:
+            raise self.fail_apply[manifest["kind"]]
+        self.calls.append(f"apply {manifest['kind']} {manifest['metadata']['name']} as {field_manager}")
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        self.objects[key] = {**copy.deepcopy(dict(manifest)), **({"status": {}} if manifest["kind"] == "Deployment" else {})}
+
+    def delete(self, namespace: str, kind: str, name: str) -> None:
+        self.calls.append(f"delete {kind} {name}")
+        self.objects.pop((kind, name), None)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.calls.append("patch status")
+        self.body["status"] = copy.deepcopy(dict(status))
+
+    def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.calls.append(f"event {reason}")
+
+
+def body(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"version": "1.0", "uri": "s3://m/1.0/"},
+        "runtime": {"image": "registry.example/server:1"},
+        "scaling": {"replicas": 1},
+    } | spec_overrides
+    return {"metadata": {"name": "m", "namespace": "ns", "uid": "u1", "generation": 1}, "spec": spec}
+
+
+def test_passes_converge_to_writing_nothing() -> None:
+    cluster = FakeCluster(body())
+    first = reconcile(cluster, cluster.body, NOW)
+    assert first.applied == ["Deployment m-1-0", "Service m-1-0", "Service m"]
+    assert first.status_written
+    assert [e.reason for e in first.events] == ["Released"]
+    second = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
+    assert second.applied == [] and second.status_written  # now it sees the Deployment: "0/1 replicas ... ready"
+    assert cluster.body["status"]["message"] == "0/1 replicas of m-1-0 ready"
+    cluster.calls.clear()
+    third = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
+    assert not third.wrote
+    assert cluster.calls == ["list"]
+
+
+def test_an_apply_error_is_reported_in_status_and_other_children_still_apply() -> None:
+    cluster = FakeCluster(body())
+    cluster.fail_apply["Service"] = ApiError(403, 'services is forbidden: User "x" cannot patch')
+    outcome = reconcile(cluster, cluster.body, NOW)
+    assert outcome.applied == ["Deployment m-1-0"]
+    assert len(outcome.errors) == 2
+    assert cluster.body["status"]["phase"] == "Degraded"
+    degraded = next(c for c in cluster.body["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ApplyFailed"
+    assert "services is forbidden" in degraded["message"]
+
+
+def test_a_spec_the_models_refuse_is_reported_without_touching_children() -> None:
+    cluster = FakeCluster(body(model={"version": "not ok!", "uri": "s3://m/"}))
+    outcome = reconcile(cluster, cluster.body, NOW)
+    assert cluster.calls == ["patch status"]
+    assert cluster.body["status"]["phase"] == "Degraded"
+    assert cluster.body["status"]["message"].startswith("spec.model.version:")
+    assert outcome.errors
+
+
+def test_status_patch_sends_nulls_for_cleared_fields() -> None:
+    cluster = FakeCluster(body())
+    reconcile(cluster, cluster.body, NOW)
+    assert "canary" in cluster.body["status"] and cluster.body["status"]["canary"] is None
