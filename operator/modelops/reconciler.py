@@ -104,6 +104,17 @@ def _invalid_spec_status(previous: ModelDeploymentStatus, error: ValidationError
     )
 
 
+def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) -> None:
+    """Before creating a child, make sure no object of that name belongs to someone else: never take one over."""
+    metadata = write.manifest["metadata"]
+    controllers = cluster.owner_uids(owner.namespace, write.manifest["kind"], metadata["name"])
+    if controllers is not None and owner.uid not in controllers:
+        raise ApiError(
+            409,
+            f"{write.label} already exists and is not owned by ModelDeployment {owner.name}: rename or delete it",
+        )
+
+
 def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome:
     """Brings one ModelDeployment's children and status to the desired state; writes nothing if already there."""
     metadata = body["metadata"]
@@ -124,8 +135,12 @@ def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome
 
     observed = observe(cluster, owner)
     plan = planning.plan(owner, spec, previous, observed, generation, now)
+    created: set[str] = set()
     for write in plan.apply:
         try:
+            if observed.get(write.manifest["kind"], write.manifest["metadata"]["name"]) is None and write.label not in created:
+                _refuse_foreign(cluster, owner, write)
+                created.add(write.label)
             cluster.apply(write.manifest, write.field_manager)
             outcome.applied.append(write.label)
         except ApiError as error:

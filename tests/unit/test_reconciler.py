@@ -17,6 +17,7 @@ class FakeCluster:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[str] = []
         self.fail_apply: dict[str, ApiError] = {}
+        self.foreign: dict[tuple[str, str], list[str]] = {}
 
     def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.body)
@@ -34,6 +35,10 @@ class FakeCluster:
         self.calls.append(f"apply {manifest['kind']} {manifest['metadata']['name']} as {field_manager}")
         key = (manifest["kind"], manifest["metadata"]["name"])
         self.objects[key] = {**copy.deepcopy(dict(manifest)), **({"status": {}} if manifest["kind"] == "Deployment" else {})}
+
+    def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
+        self.calls.append(f"read {kind} {name}")
+        return self.foreign.get((kind, name))
 
     def delete(self, namespace: str, kind: str, name: str) -> None:
         self.calls.append(f"delete {kind} {name}")
@@ -68,7 +73,7 @@ def test_passes_converge_to_writing_nothing() -> None:
     cluster.calls.clear()
     third = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
     assert not third.wrote
-    assert cluster.calls == ["list"]
+    assert cluster.calls == ["list"]  # and no reads of single objects either
 
 
 def test_an_apply_error_is_reported_in_status_and_other_children_still_apply() -> None:
@@ -96,3 +101,13 @@ def test_status_patch_sends_nulls_for_cleared_fields() -> None:
     cluster = FakeCluster(body())
     reconcile(cluster, cluster.body, NOW)
     assert "canary" in cluster.body["status"] and cluster.body["status"]["canary"] is None
+
+
+def test_an_existing_object_of_someone_else_is_never_taken_over() -> None:
+    cluster = FakeCluster(body())
+    cluster.foreign[("Service", "m")] = ["someone-elses-uid"]
+    outcome = reconcile(cluster, cluster.body, NOW)
+    assert "Service m" not in outcome.applied
+    assert "apply Service m as modelops" not in cluster.calls
+    assert any("already exists and is not owned by ModelDeployment m" in error for error in outcome.errors)
+    assert cluster.body["status"]["phase"] == "Degraded"

@@ -52,6 +52,8 @@ class ClusterApi(Protocol):
 
     def delete(self, namespace: str, kind: str, name: str) -> None: ...
 
+    def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None: ...
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
@@ -125,6 +127,21 @@ class KubernetesClusterApi:
             )
         except ApiException as error:
             raise _error(error) from error
+
+    def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
+        """Controller uids of an existing object (None when there is no such object)."""
+        readers = {
+            "Deployment": self._apps.read_namespaced_deployment,
+            "Service": self._core.read_namespaced_service,
+            "HorizontalPodAutoscaler": self._autoscaling.read_namespaced_horizontal_pod_autoscaler,
+        }
+        try:
+            found = readers[kind](name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+        return [reference.uid for reference in found.metadata.owner_references or [] if reference.controller]
 
     def delete(self, namespace: str, kind: str, name: str) -> None:
         deleters = {
