@@ -56,7 +56,7 @@ end
 local function health(object)
   local generation = tonumber(field(field(object, "metadata"), "generation"))
   local status = field(object, "status")
-  if false then
+  if notYetObserved(status, generation) then
     return result("Progressing", waitingMessage(generation))
   end
 

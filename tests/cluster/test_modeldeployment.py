@@ -360,3 +360,44 @@ def test_a_released_version_is_immutable(models: Models) -> None:
     assert rejected.value.status == 422
     assert "a released model version is immutable" in rejected.value.body
     assert models.get()["spec"]["model"]["uri"] == "s3://models/fraud/2.1.0/"
+
+
+def _restricted_namespace(core: client.CoreV1Api, name: str) -> None:
+    labels = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+    core.patch_namespace(name, {"metadata": {"labels": labels}})
+
+
+def test_model_pods_are_admitted_under_the_restricted_pod_security_standard(models: Models) -> None:
+    _restricted_namespace(models.core, models.namespace)
+    models.create(example(models.namespace))
+    body = models.wait_ready()  # Ready means the ReplicaSet could create the pods: PodSecurity admitted them
+    assert body["status"]["stable"]["readyReplicas"] == 2
+    failures = [
+        event.message for event in models.core.list_namespaced_event(models.namespace).items if event.reason == "FailedCreate"
+    ]
+    assert failures == []
+
+
+def test_the_operator_deployment_is_admitted_under_the_restricted_pod_security_standard(
+    admin_api: client.ApiClient, namespace: str, kubectl: Kubectl
+) -> None:
+    core, apps = client.CoreV1Api(admin_api), client.AppsV1Api(admin_api)
+    _restricted_namespace(core, namespace)
+    rendered = kubectl("kustomize", str(EXAMPLE.parents[1] / "manifests")).stdout
+    [deployment] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+    deployment["metadata"]["namespace"] = namespace
+    deployment["spec"]["template"]["spec"]["serviceAccountName"] = "default"
+    apps.create_namespaced_deployment(namespace, deployment)
+    bootstrap.wait_for(
+        "the operator pod to be admitted and Ready",
+        lambda: (apps.read_namespaced_deployment("modelops", namespace).status.ready_replicas or 0) == 1,
+        timeout=TIMEOUT,
+    )
+    # A pod that breaks the standard is refused in this namespace: the check above is not vacuous.
+    privileged = copy.deepcopy(deployment["spec"]["template"])
+    privileged["metadata"] = {"name": "privileged"}
+    privileged["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, privileged)
+    assert refused.value.status == 403
+    assert "violates PodSecurity" in refused.value.body
