@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
+from modelops.planning.analysis import Evaluation
 from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def observe(cluster: ClusterApi, owner: Owner) -> planning.Observed:
         deployments={d["metadata"]["name"]: observe_deployment(d) for d in found.get("Deployment", [])},
         services={s["metadata"]["name"]: s for s in found.get("Service", [])},
         autoscalers={h["metadata"]["name"]: h for h in found.get("HorizontalPodAutoscaler", [])},
+        routes={r["metadata"]["name"]: r for r in found.get("HTTPRoute", [])},
         versions_by_child=versions,
     )
 
@@ -115,7 +117,22 @@ def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) ->
         )
 
 
-def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome:
+ACTION_ANNOTATION_PREFIX = "modelops.dev/action."
+
+
+def requested_actions(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Manual actions from annotations ``modelops.dev/action.<name>: <RFC 3339 time>``."""
+    annotations = metadata.get("annotations") or {}
+    return {
+        key.removeprefix(ACTION_ANNOTATION_PREFIX): str(value)[:64]
+        for key, value in annotations.items()
+        if key.startswith(ACTION_ANNOTATION_PREFIX)
+    }
+
+
+def reconcile(
+    cluster: ClusterApi, body: Mapping[str, Any], now: str, evaluations: Mapping[str, Evaluation] | None = None
+) -> Outcome:
     """Brings one ModelDeployment's children and status to the desired state; writes nothing if already there."""
     metadata = body["metadata"]
     owner = Owner(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
@@ -134,7 +151,10 @@ def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome
         return outcome
 
     observed = observe(cluster, owner)
-    plan = planning.plan(owner, spec, previous, observed, generation, now)
+    plan = planning.plan(
+        owner, spec, previous, observed, generation, now,
+        evaluations=evaluations, requested_actions=requested_actions(metadata),
+    )
     created: set[str] = set()
     for write in plan.apply:
         try:
@@ -154,8 +174,7 @@ def reconcile(cluster: ClusterApi, body: Mapping[str, Any], now: str) -> Outcome
 
     status = plan.status
     if outcome.errors:
-        decision = planning.decide_versions(spec, previous, observed, owner, now)
-        status = planning.compute_status(owner, spec, previous, decision, observed, generation, now, outcome.errors)
+        status = planning.compute_status(owner, spec, previous, plan.state, observed, generation, now, outcome.errors)
     if status != previous:
         cluster.patch_status(owner.namespace, owner.name, status_document(status))
         outcome.status_written = True

@@ -34,7 +34,9 @@ class FakeCluster:
             raise self.fail_apply[manifest["kind"]]
         self.calls.append(f"apply {manifest['kind']} {manifest['metadata']['name']} as {field_manager}")
         key = (manifest["kind"], manifest["metadata"]["name"])
-        self.objects[key] = {**copy.deepcopy(dict(manifest)), **({"status": {}} if manifest["kind"] == "Deployment" else {})}
+        current = self.objects.setdefault(key, {"status": {}} if manifest["kind"] == "Deployment" else {})
+        for field, value in copy.deepcopy(dict(manifest)).items():
+            current[field] = {**current.get(field, {}), **value} if isinstance(value, dict) else value
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         self.calls.append(f"read {kind} {name}")
@@ -64,7 +66,8 @@ def body(**spec_overrides: Any) -> dict[str, Any]:
 def test_passes_converge_to_writing_nothing() -> None:
     cluster = FakeCluster(body())
     first = reconcile(cluster, cluster.body, NOW)
-    assert first.applied == ["Deployment m-1-0", "Service m-1-0", "Service m"]
+    assert first.applied == ["Deployment m-1-0", "Service m-1-0", "Service m", "Deployment m-1-0 replicas=1"]
+    assert "apply Deployment m-1-0 as modelops-replicas" in cluster.calls
     assert first.status_written
     assert [e.reason for e in first.events] == ["Released"]
     second = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
@@ -80,7 +83,7 @@ def test_an_apply_error_is_reported_in_status_and_other_children_still_apply() -
     cluster = FakeCluster(body())
     cluster.fail_apply["Service"] = ApiError(403, 'services is forbidden: User "x" cannot patch')
     outcome = reconcile(cluster, cluster.body, NOW)
-    assert outcome.applied == ["Deployment m-1-0"]
+    assert outcome.applied == ["Deployment m-1-0", "Deployment m-1-0 replicas=1"]
     assert len(outcome.errors) == 2
     assert cluster.body["status"]["phase"] == "Degraded"
     degraded = next(c for c in cluster.body["status"]["conditions"] if c["type"] == "Degraded")

@@ -267,6 +267,206 @@ class ScalingSpec(ApiModel):
         return self.max_replicas is not None
 
 
+DURATION_PATTERN = r"^([0-9]{1,5}(ms|s|m|h))+$"
+Duration = Annotated[str, StringConstraints(max_length=24, pattern=DURATION_PATTERN)]
+CHECK_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+LABEL_TEXT_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Go-style duration such as "1m30s" or "500ms".
+
+    >>> duration_seconds("1m30s"), duration_seconds("500ms"), duration_seconds("2h")
+    (90.0, 0.5, 7200.0)
+    """
+    import re
+
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"([0-9]+)(ms|s|m|h)", text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use for example 30s, 5m, 1h30m)")
+    return sum(int(number) * units[unit] for number, unit in parts)
+
+
+class PauseStep(ApiModel):
+    """Wait at the current weight."""
+
+    duration: Duration | None = None
+    """How long to wait, for example "2m". Without a duration the rollout waits until `modelops promote` or
+    `modelops resume`."""
+
+
+class Step(ApiModel):
+    """One step of a canary rollout: set a traffic weight, or pause. Exactly one of the two."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.setWeight) != has(self.pause)", "each step sets exactly one of setWeight and pause")
+            ]
+        }
+    )
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    """Percentage of traffic to send to the canary (0-100)."""
+
+    pause: PauseStep | None = None
+    """Wait before the next step (analysis keeps running)."""
+
+
+class ParentReference(ApiModel):
+    """A Gateway API parentRef: the Gateway the HTTPRoute attaches to."""
+
+    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Gateway name."""
+
+    namespace: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Gateway namespace (default: the ModelDeployment's)."""
+
+    section_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """A listener of the Gateway."""
+
+
+class GatewayRouterSpec(ApiModel):
+    """An HTTPRoute the operator creates and owns, splitting traffic between the per-version Services."""
+
+    parent_refs: list[ParentReference] = Field(min_length=1, max_length=8)
+    """Gateways to attach to."""
+
+    hostnames: list[Annotated[str, StringConstraints(max_length=253, pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]] = Field(
+        default_factory=list, max_length=16
+    )
+    """Host names the route answers for."""
+
+
+class RouterSpec(ApiModel):
+    """How traffic is split between stable and canary."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type != 'gatewayAPI' || has(self.gatewayAPI)",
+                    "router type gatewayAPI needs router.gatewayAPI.parentRefs",
+                )
+            ]
+        }
+    )
+
+    type: Literal["replicas", "gatewayAPI"] = "replicas"
+    """replicas: the entry Service selects both versions and replica counts set the split (no mesh needed).
+    gatewayAPI: an owned HTTPRoute with weighted backendRefs."""
+
+    gateway_api: GatewayRouterSpec | None = Field(default=None, alias="gatewayAPI")
+    """Settings of the gatewayAPI router."""
+
+
+CheckType = Literal["latencyP99", "errorRate", "requestRate", "featureDrift", "fairnessGap"]
+
+
+class Check(ApiModel):
+    """A metric check. The operator builds its PromQL from the metrics contract (docs/metrics.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.max) || has(self.min) || has(self.maxRatioToStable)",
+                    "a check needs max, min or maxRatioToStable",
+                ),
+                cel("!has(self.max) || !has(self.min) || self.min <= self.max", "min must not exceed max"),
+                cel("self.type != 'fairnessGap' || has(self.attribute)", "a fairnessGap check needs attribute"),
+            ]
+        }
+    )
+
+    name: str = Field(max_length=63, pattern=CHECK_NAME_PATTERN)
+    """Name shown in status and events."""
+
+    type: CheckType
+    """latencyP99 (seconds), errorRate (0-1), requestRate (per second), featureDrift (PSI, higher is more drift)
+    or fairnessGap (demographic parity difference, 0-1)."""
+
+    max: float | None = Field(default=None, ge=0)
+    """Fail above this value."""
+
+    min: float | None = Field(default=None, ge=0)
+    """Fail below this value."""
+
+    max_ratio_to_stable: float | None = Field(default=None, gt=0, le=100)
+    """Fail when the canary's value exceeds the stable version's value over the same window times this ratio
+    (for example 1.2)."""
+
+    window: Duration = "1m"
+    """The range the metric is computed over (at least 4 scrape intervals)."""
+
+    min_sample_count: int = Field(default=100, ge=0, le=10_000_000)
+    """Fewer requests (or drift samples, or requests per group) than this in the window is NoData, never Pass."""
+
+    feature: str | None = Field(default=None, max_length=128, pattern=LABEL_TEXT_PATTERN)
+    """featureDrift: one feature (default: the worst feature)."""
+
+    attribute: str | None = Field(default=None, max_length=128, pattern=LABEL_TEXT_PATTERN)
+    """fairnessGap: the sensitive attribute whose groups are compared."""
+
+
+class AnalysisSpec(ApiModel):
+    """When and how canary metrics are judged."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("duration(self.interval) >= duration('10s')", "analysis.interval must be at least 10s", ".interval"),
+                cel(
+                    "self.checks.all(a, self.checks.exists_one(b, a.name == b.name))",
+                    "check names must be unique",
+                    ".checks",
+                ),
+            ]
+        }
+    )
+
+    interval: Duration = "1m"
+    """How often checks run while a canary is live (at least 10s)."""
+
+    failure_limit: int = Field(default=0, ge=0, le=100)
+    """Failed checks tolerated per revision; one more rolls the canary back."""
+
+    consecutive_error_limit: int = Field(default=4, ge=1, le=100)
+    """Consecutive query errors before the rollout reports MetricsUnavailable (it holds; it never passes)."""
+
+    checks: list[Check] = Field(default_factory=list, max_length=10)
+    """The checks; every one must pass at least once in each step."""
+
+
+class RolloutSpec(ApiModel):
+    """How a new revision reaches production."""
+
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    """How traffic is split."""
+
+    steps: list[Step] = Field(default_factory=list, max_length=20)
+    """Canary steps. Empty: a new version replaces stable once all its replicas are Ready."""
+
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    """Metric checks that gate every step."""
+
+    progress_deadline: Duration = "10m"
+    """A canary that makes no progress for this long is rolled back (NoData and errors hold until then)."""
+
+    scale_down_delay: Duration = "30s"
+    """After a promotion the previous stable keeps running this long, so a rollback is instant."""
+
+    abort_scale_down_delay: Duration = "30s"
+    """After a rollback the canary keeps running this long before it is removed."""
+
+    paused: bool = False
+    """Hold the rollout where it is."""
+
+    skip_analysis: bool = False
+    """Emergency switch: advance without judging checks."""
+
+
 class ModelDeploymentSpec(ApiModel):
     """What to serve and how."""
 
@@ -281,6 +481,9 @@ class ModelDeploymentSpec(ApiModel):
 
     revision_history_limit: int = Field(default=3, ge=0, le=20)
     """How many past revisions status.history keeps."""
+
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """Canary steps, traffic router and analysis for new revisions."""
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -352,6 +555,134 @@ class HistoryEntry(ApiModel):
     """Why."""
 
 
+Verdict = Literal["Pass", "Fail", "NoData", "Error"]
+
+
+class StatusModel(ApiModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Measurement(StatusModel):
+    """One evaluation of a check."""
+
+    at: str = Field(max_length=64)
+    """When (RFC 3339)."""
+
+    value: float | None = None
+    """The canary's value (absent for NoData and Error)."""
+
+    verdict: Verdict
+    """Pass, Fail, NoData or Error."""
+
+
+class CheckStatus(StatusModel):
+    """The latest evaluation of one check, with the query that produced it."""
+
+    name: str = Field(max_length=63)
+    """The check's name."""
+
+    type: str = Field(max_length=32)
+    """The check's type."""
+
+    query: str = Field(default="", max_length=4096)
+    """The PromQL the operator ran (grouped by namespace, model and version)."""
+
+    value: float | None = None
+    """The canary's last value."""
+
+    stable_value: float | None = None
+    """The stable version's value over the same window (relative checks)."""
+
+    threshold: str = Field(default="", max_length=256)
+    """The rule, for example "<= 0.25" or "<= 1.2 x stable"."""
+
+    verdict: Verdict | None = None
+    """The last verdict."""
+
+    reason: str = Field(default="", max_length=512)
+    """Why, for NoData and Error."""
+
+    at: str | None = Field(default=None, max_length=64)
+    """When it was last evaluated."""
+
+    passed_in_step: bool = False
+    """Whether it has passed at least once in the current step."""
+
+    measurements: list[Measurement] = Field(default_factory=list, max_length=10)
+    """The last few evaluations, oldest first."""
+
+
+class RolloutStatus(StatusModel):
+    """Where the canary of one revision stands; all of it survives an operator restart."""
+
+    revision: str = Field(max_length=63)
+    """The version being rolled out."""
+
+    step: int = 0
+    """Index of the current step in spec.rollout.steps."""
+
+    step_started_at: str = Field(max_length=64)
+    """When the current step started."""
+
+    weight: int = Field(default=0, ge=0, le=100)
+    """Traffic the canary should receive, percent."""
+
+    failures: int = 0
+    """Failed checks in this revision."""
+
+    consecutive_errors: int = 0
+    """Query errors in a row."""
+
+    last_progress_at: str = Field(max_length=64)
+    """When the rollout last moved forward (the progress deadline counts from here)."""
+
+    next_analysis_at: str | None = Field(default=None, max_length=64)
+    """When the checks run next."""
+
+    paused_by_user: bool = False
+    """Paused with `modelops pause`."""
+
+    checks: list[CheckStatus] = Field(default_factory=list, max_length=10)
+    """Every check's last result."""
+
+
+class BlockedRevision(StatusModel):
+    """A revision that was rolled back: it is not retried until the spec names another version or someone runs
+    `modelops retry`."""
+
+    version: str = Field(max_length=63)
+    """The blocked version."""
+
+    reason: str = Field(max_length=1024)
+    """Why it was rolled back."""
+
+    at: str = Field(max_length=64)
+    """When."""
+
+
+class PreviousStable(StatusModel):
+    """The version that was stable before the last promotion, kept running for an instant rollback."""
+
+    version: str = Field(max_length=63)
+    """The previous version."""
+
+    deployment: str = Field(max_length=63)
+    """Its Deployment."""
+
+    scale_down_at: str = Field(max_length=64)
+    """When it is removed."""
+
+
+class HandledActions(StatusModel):
+    """Timestamps of the manual actions (annotations modelops.dev/action.<name>) already carried out."""
+
+    promote: str | None = Field(default=None, max_length=64)
+    abort: str | None = Field(default=None, max_length=64)
+    retry: str | None = Field(default=None, max_length=64)
+    pause: str | None = Field(default=None, max_length=64)
+    resume: str | None = Field(default=None, max_length=64)
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
 
@@ -377,6 +708,18 @@ class ModelDeploymentStatus(ApiModel):
 
     history: list[HistoryEntry] = Field(default_factory=list, max_length=20)
     """Past revisions, newest last, bounded by spec.revisionHistoryLimit."""
+
+    rollout: RolloutStatus | None = None
+    """The canary in progress: step, weight, failures and every check's last result."""
+
+    blocked_revision: BlockedRevision | None = None
+    """The last revision that was rolled back."""
+
+    previous: PreviousStable | None = None
+    """The previous stable version, while it is kept for an instant rollback."""
+
+    handled_actions: HandledActions = Field(default_factory=HandledActions)
+    """Manual actions already carried out."""
 
 
 class ModelDeployment(ApiModel):

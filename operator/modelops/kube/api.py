@@ -21,6 +21,7 @@ from modelops.api import v1alpha1
 from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 
 REQUEST_TIMEOUT_SECONDS = 15
+GATEWAY_GROUP = "gateway.networking.k8s.io"
 log = logging.getLogger(__name__)
 CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler")
 
@@ -106,10 +107,27 @@ class KubernetesClusterApi:
                 for item in self._serialize(items)
                 if _controlled_by(item, owner_uid)
             ]
+        result["HTTPRoute"] = self._list_routes(namespace, selector, owner_uid)
         return result
+
+    def _list_routes(self, namespace: str, selector: str, owner_uid: str) -> list[dict[str, Any]]:
+        """Owned HTTPRoutes; none when the Gateway API is not installed (the gatewayAPI router then fails to apply)."""
+        try:
+            answer = self._custom.list_namespaced_custom_object(
+                GATEWAY_GROUP, "v1", namespace, "httproutes", label_selector=selector,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return []
+            raise _error(error) from error
+        return [item for item in answer.get("items", []) if _controlled_by(item, owner_uid)]
 
     def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:
         kind, metadata = manifest["kind"], manifest["metadata"]
+        if kind == "HTTPRoute":
+            self._apply_route(manifest, field_manager)
+            return
         patchers = {
             "Deployment": self._apps.patch_namespaced_deployment,
             "Service": self._core.patch_namespaced_service,
@@ -130,6 +148,17 @@ class KubernetesClusterApi:
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         """Controller uids of an existing object (None when there is no such object)."""
+        if kind == "HTTPRoute":
+            try:
+                found = self._custom.get_namespaced_custom_object(
+                    GATEWAY_GROUP, "v1", namespace, "httproutes", name, _request_timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise _error(error) from error
+            references = found.get("metadata", {}).get("ownerReferences") or []
+            return [reference["uid"] for reference in references if reference.get("controller")]
         readers = {
             "Deployment": self._apps.read_namespaced_deployment,
             "Service": self._core.read_namespaced_service,
@@ -143,7 +172,27 @@ class KubernetesClusterApi:
             raise _error(error) from error
         return [reference.uid for reference in found.metadata.owner_references or [] if reference.controller]
 
+    def _apply_route(self, manifest: Mapping[str, Any], field_manager: str) -> None:
+        metadata = manifest["metadata"]
+        try:
+            self._custom.patch_namespaced_custom_object(
+                GATEWAY_GROUP, "v1", metadata["namespace"], "httproutes", metadata["name"], dict(manifest),
+                field_manager=field_manager, force=True, _content_type="application/apply-patch+yaml",
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except ApiException as error:
+            raise _error(error) from error
+
     def delete(self, namespace: str, kind: str, name: str) -> None:
+        if kind == "HTTPRoute":
+            try:
+                self._custom.delete_namespaced_custom_object(
+                    GATEWAY_GROUP, "v1", namespace, "httproutes", name, _request_timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            except ApiException as error:
+                if error.status != 404:
+                    raise _error(error) from error
+            return
         deleters = {
             "Deployment": self._apps.delete_namespaced_deployment,
             "Service": self._core.delete_namespaced_service,

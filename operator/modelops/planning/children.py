@@ -20,7 +20,7 @@ from modelops.api.v1alpha1 import ModelDeploymentSpec, ModelSpec, Track
 from modelops.planning.names import child_name
 
 FIELD_MANAGER = "modelops"
-BOOTSTRAP_FIELD_MANAGER = "modelops-bootstrap"  # only for the initial replicas of an autoscaled Deployment
+REPLICAS_FIELD_MANAGER = "modelops-replicas"  # owns Deployment replicas only, so "modelops" never fights an HPA
 CONTAINER_NAME = "model-server"
 SERVICE_PORT = 80
 DEFAULT_CPU_TARGET = 80
@@ -186,10 +186,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, model: ModelSpec, track:
             },
         },
     }
-    count = replicas(spec)
-    if count is not None:
-        manifest["spec"]["replicas"] = count
-    return manifest
+    return manifest  # replicas are applied separately (REPLICAS_FIELD_MANAGER)
 
 
 def version_service(owner: Owner, version: str, track: Track) -> dict[str, Any]:

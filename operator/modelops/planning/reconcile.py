@@ -2,17 +2,19 @@
 
 The model of a pass:
 
-1. **Decide the versions.** ``target`` is ``spec.model.version``. ``stable`` is the
-   version in ``status.stable``; a new ModelDeployment has none, so its first version
-   becomes stable directly. While ``target != stable``, the target's Deployment rolls out
-   beside the stable one and receives no traffic from the entry Service. When every
-   replica of the target is updated and Ready, the target is promoted: the entry Service
-   switches to it and the previous stable version's children are deleted. (Canary steps
-   with traffic weights and metric analysis replace this hand-over in the rollout layer.)
-2. **Render the desired children** (``children``) and keep only those that
-   ``compare.is_applied`` says would change: in steady state the list is empty.
-3. **Delete children of versions that are neither stable nor target** (superseded ones).
-4. **Compute the status**, keeping each condition's ``lastTransitionTime`` unless its
+1. **Advance the rollout** (``rollout.advance``): which version is stable, which is the
+   canary and at what weight, given readiness, this tick's check verdicts and manual actions.
+2. **Render the desired children** (``children``, ``routers``) for the version the spec
+   describes (stable or canary) and the traffic split, and keep only those that
+   ``compare.is_applied`` says would change: in steady state the list is empty. The stable
+   version's children are not re-rendered while a canary is live (the spec now describes
+   the canary); they stay as they are.
+3. **Replica counts** are applied separately under the field manager
+   ``modelops-replicas`` (see ``replica_writes``), so the main field manager never owns
+   ``replicas`` and an HPA is never fought.
+4. **Delete children of versions that are neither stable, canary, nor the previous stable
+   still inside its scale-down delay.**
+5. **Compute the status**, keeping each condition's ``lastTransitionTime`` unless its
    status changed, so an unchanged world yields an identical status and no write.
 """
 
@@ -22,17 +24,18 @@ from typing import Any
 
 from modelops.api.v1alpha1 import (
     Condition,
-    HistoryEntry,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
     Track,
     VersionStatus,
 )
-from modelops.planning import children
+from modelops.planning import children, routers
+from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner
 from modelops.planning.compare import is_applied
 from modelops.planning.names import child_name
+from modelops.planning.rollout import Event, RolloutState, advance
 
 
 @dataclass(frozen=True)
@@ -69,20 +72,18 @@ class Observed:
     deployments: Mapping[str, ObservedDeployment] = field(default_factory=dict)
     services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     autoscalers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     versions_by_child: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> Mapping[str, Any] | None:
         if kind == "Deployment":
             found = self.deployments.get(name)
             return found.manifest if found else None
-        return (self.services if kind == "Service" else self.autoscalers).get(name)
+        table = {"Service": self.services, "HorizontalPodAutoscaler": self.autoscalers, "HTTPRoute": self.routes}
+        return table[kind].get(name)
 
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
+    def deployment_of(self, version: str) -> ObservedDeployment | None:
+        return next((found for found in self.deployments.values() if found.version == version), None)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,10 @@ class Apply:
 
     @property
     def label(self) -> str:
-        return f"{self.manifest['kind']} {self.manifest['metadata']['name']}"
+        text = f"{self.manifest['kind']} {self.manifest['metadata']['name']}"
+        if self.field_manager == children.REPLICAS_FIELD_MANAGER:
+            text += f" replicas={self.manifest['spec']['replicas']}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -105,82 +109,105 @@ class Plan:
     delete: list[tuple[str, str]]
     status: ModelDeploymentStatus
     events: list[Event]
-
-
-@dataclass(frozen=True)
-class Decision:
-    stable: str
-    target: str
-    promoted: bool
-    first_release: bool
-    history: tuple[HistoryEntry, ...]
-
-
-def decide_versions(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observed: Observed, owner: Owner, now: str) -> Decision:
-    """Which version is stable after this pass, and whether the target was just promoted."""
-    target = spec.model.version
-    history = tuple(status.history)
-    stable = status.stable.version if status.stable else None
-    if stable is not None and stable != target and child_name(owner.name, stable) not in observed.deployments:
-        stable = None  # the old stable is gone (deleted by hand): nothing to hand over from
-    if stable is None:
-        entry = HistoryEntry(version=target, outcome="Promoted", at=now, reason="first version: stable directly")
-        return Decision(target, target, promoted=False, first_release=True, history=_bounded(history, entry, spec))
-    if stable == target:
-        return Decision(stable, target, promoted=False, first_release=False, history=history)
-    candidate = observed.deployments.get(child_name(owner.name, target))
-    if candidate is not None and serving(candidate, spec):
-        entry = HistoryEntry(version=target, outcome="Promoted", at=now, reason=f"all {candidate.replicas} replicas Ready")
-        return Decision(target, target, promoted=True, first_release=False, history=_bounded(history, entry, spec))
-    return Decision(stable, target, promoted=False, first_release=False, history=history)
+    state: RolloutState
 
 
 def wanted_replicas(spec: ModelDeploymentSpec, found: ObservedDeployment | None) -> int:
-    """Replicas a version must have Ready: its Deployment's count, and at least minReplicas when autoscaled."""
+    """Replicas the stable version must have Ready: its Deployment's count, and at least minReplicas when autoscaled."""
     floor = (spec.scaling.min_replicas or 1) if spec.scaling.autoscaled else 0
     current = found.replicas if found else (children.replicas(spec) or 0)
     return max(current, floor)
 
 
-def serving(found: ObservedDeployment, spec: ModelDeploymentSpec) -> bool:
-    """Rolled out, with every wanted replica Ready."""
-    return found.rolled_out and found.ready_replicas >= wanted_replicas(spec, found)
+def serving(found: ObservedDeployment | None) -> bool:
+    """Rolled out, with every replica the Deployment asks for Ready."""
+    return found is not None and found.rolled_out and found.ready_replicas >= found.replicas
 
 
-def _bounded(history: tuple[HistoryEntry, ...], entry: HistoryEntry, spec: ModelDeploymentSpec) -> tuple[HistoryEntry, ...]:
-    limit = spec.revision_history_limit
-    return (*history, entry)[-limit:] if limit else ()
+def _replicas_manifest(owner: Owner, name: str, count: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": owner.namespace},
+        "spec": {"replicas": count},
+    }
 
 
-def desired_children(owner: Owner, spec: ModelDeploymentSpec, decision: Decision, observed: Observed) -> list[dict[str, Any]]:
-    """Every child the target version and the entry point need, fully rendered."""
-    track: Track = "stable" if decision.target == decision.stable else "canary"
-    existing = observed.deployments.get(child_name(owner.name, decision.target))
-    release_track: Track = (existing.release_track if existing and existing.release_track else track)
-    manifests = [
-        children.deployment(owner, spec, spec.model, track, release_track),
-        children.version_service(owner, decision.target, track),
-        children.entry_service(owner, decision.stable),
-    ]
-    autoscaler = children.autoscaler(owner, spec, decision.target, track)
-    if autoscaler is not None:
-        manifests.append(autoscaler)
+def desired_replicas(spec: ModelDeploymentSpec, state: RolloutState, version: str, observed: Observed) -> int | None:
+    """The replica count the operator sets for ``version``'s Deployment, or None when it leaves it alone.
+
+    - the canary under the replicas router: sized from the stable count and the weight;
+    - a version the spec describes, with fixed replicas: ``spec.scaling.replicas`` (default 1);
+    - autoscaled: None (the HPA owns it), except at creation (``minReplicas``; see ``replica_writes``).
+    """
+    if version == state.canary and version != state.stable and spec.rollout.router.type == "replicas":
+        stable = observed.deployment_of(state.stable)
+        if state.rollout is not None and state.rollout.step >= len(spec.rollout.steps):
+            return full_replicas(spec, stable)  # about to be promoted: full size first
+        return routers.canary_replicas_for_weight(stable.replicas if stable else 1, state.weight)
+    return children.replicas(spec)
+
+
+def full_replicas(spec: ModelDeploymentSpec, stable: ObservedDeployment | None) -> int:
+    """The production replica count a canary needs before promotion: the fixed count; autoscaled, under the
+    replicas router (which sizes the canary itself) what stable runs now, and under gatewayAPI (where the
+    canary has its own HPA) minReplicas."""
+    fixed = children.replicas(spec)
+    if fixed is not None:
+        return fixed
+    floor = spec.scaling.min_replicas or 1
+    if spec.rollout.router.type == "gatewayAPI":
+        return floor
+    return max(stable.replicas if stable else 0, floor)
+
+
+def replica_writes(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, version: str, observed: Observed) -> list[Apply]:
+    """Replica applies under ``modelops-replicas``: only when the count differs from what is observed."""
+    name = child_name(owner.name, version)
+    found = observed.deployment_of(version)
+    count = desired_replicas(spec, state, version, observed)
+    if count is None and found is None:
+        count = spec.scaling.min_replicas or 1  # a new autoscaled Deployment starts at minReplicas, not at 1
+    if count is None or (found is not None and found.replicas == count):
+        return []
+    return [Apply(_replicas_manifest(owner, name, count), children.REPLICAS_FIELD_MANAGER)]
+
+
+def desired_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, observed: Observed) -> list[dict[str, Any]]:
+    """Every child the spec's version and the traffic split need, fully rendered."""
+    target = spec.model.version
+    manifests: list[dict[str, Any]] = []
+    live_canary = state.canary if state.rollout is not None else None
+    if target in (state.stable, state.canary):
+        track: Track = "stable" if target == state.stable else "canary"
+        existing = observed.deployment_of(target)
+        release_track: Track = existing.release_track if existing and existing.release_track else track
+        manifests += [
+            children.deployment(owner, spec, spec.model, track, release_track),
+            children.version_service(owner, target, track),
+        ]
+        wants_autoscaler = track == "stable" or spec.rollout.router.type == "gatewayAPI"
+        autoscaler = children.autoscaler(owner, spec, target, track) if wants_autoscaler else None
+        if autoscaler is not None:
+            manifests.append(autoscaler)
+    manifests.append(routers.entry_service(owner, spec, state.stable, live_canary, state.weight))
+    route = routers.http_route(owner, spec, state.stable, live_canary, state.weight)
+    if route is not None:
+        manifests.append(route)
     return manifests
 
 
-def stale_children(owner: Owner, decision: Decision, observed: Observed) -> list[tuple[str, str]]:
-    """(kind, name) of children whose version is neither stable nor target, plus HPAs no longer wanted."""
-    keep = {decision.stable, decision.target}
-    stale = [key for key, version in observed.versions_by_child.items() if version not in keep]
+def stale_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, observed: Observed) -> list[tuple[str, str]]:
+    """(kind, name) of children no longer wanted: other versions, unwanted HPAs, an HTTPRoute of a former router."""
+    keep = {state.stable} | ({state.canary} if state.canary else set()) | ({state.previous.version} if state.previous else set())
+    stale = {key for key, version in observed.versions_by_child.items() if version not in keep}
+    target_name = child_name(owner.name, spec.model.version)
+    canary_without_hpa = state.canary == spec.model.version != state.stable and spec.rollout.router.type == "replicas"
+    if target_name in observed.autoscalers and (not spec.scaling.autoscaled or canary_without_hpa):
+        stale.add(("HorizontalPodAutoscaler", target_name))
+    if spec.rollout.router.type != "gatewayAPI" and owner.name in observed.routes:
+        stale.add(("HTTPRoute", owner.name))
     return sorted(stale)
-
-
-def unwanted_autoscalers(owner: Owner, spec: ModelDeploymentSpec, decision: Decision, observed: Observed) -> list[tuple[str, str]]:
-    """An HPA of the target left over after autoscaling was turned off."""
-    name = child_name(owner.name, decision.target)
-    if not spec.scaling.autoscaled and name in observed.autoscalers:
-        return [("HorizontalPodAutoscaler", name)]
-    return []
 
 
 def _condition(
@@ -192,69 +219,89 @@ def _condition(
         type=type_,
         status=status,  # type: ignore[arg-type]
         reason=reason,
-        message=message,
+        message=message[:32768],
         last_transition_time=now if changed or before is None else before.last_transition_time,
         observed_generation=generation,
     )
 
 
-def _version_status(owner: Owner, version: str, observed: Observed, spec: ModelDeploymentSpec, weight: int) -> VersionStatus:
-    name = child_name(owner.name, version)
-    found = observed.deployments.get(name)
-    wanted = wanted_replicas(spec, found)
-    ready = found.ready_replicas if found else 0
-    return VersionStatus(version=version, deployment=name, replicas=wanted, ready_replicas=ready, weight=weight)
+def _version_status(owner: Owner, version: str, observed: Observed, wanted: int, weight: int) -> VersionStatus:
+    found = observed.deployment_of(version)
+    return VersionStatus(
+        version=version,
+        deployment=found.name if found else child_name(owner.name, version),
+        replicas=wanted,
+        ready_replicas=found.ready_replicas if found else 0,
+        weight=weight,
+    )
 
 
 def compute_status(
     owner: Owner,
     spec: ModelDeploymentSpec,
     previous: ModelDeploymentStatus,
-    decision: Decision,
+    state: RolloutState,
     observed: Observed,
     generation: int,
     now: str,
     errors: Sequence[str] = (),
 ) -> ModelDeploymentStatus:
     """The status this pass should leave: equal to ``previous`` when nothing changed."""
-    stable = _version_status(owner, decision.stable, observed, spec, weight=100)
-    canary = None if decision.stable == decision.target else _version_status(owner, decision.target, observed, spec, 0)
-    stable_deployment = observed.deployments.get(stable.deployment)
-    stable_ready = stable_deployment is not None and serving(stable_deployment, spec)
+    stable_found = observed.deployment_of(state.stable)
+    stable_wanted = wanted_replicas(spec, stable_found) if state.stable == spec.model.version else (stable_found.replicas if stable_found else 0)
+    canary: VersionStatus | None = None
+    if state.canary is not None:
+        canary_found = observed.deployment_of(state.canary)
+        weight = routers.effective_weight(
+            stable_found.ready_replicas if stable_found else 0,
+            canary_found.ready_replicas if canary_found else 0,
+            state.weight,
+            spec.rollout.router.type,
+        )
+        canary = _version_status(owner, state.canary, observed, canary_found.replicas if canary_found else 0, weight)
+    stable = _version_status(owner, state.stable, observed, stable_wanted, 100 - (canary.weight or 0 if canary else 0))
+    stable_ready = serving(stable_found) and stable.ready_replicas >= stable_wanted
     readiness = f"{stable.ready_replicas}/{stable.replicas} replicas of {stable.deployment} ready"
 
+    blocked_target = state.blocked is not None and state.blocked.version == spec.model.version != state.stable
     degraded_reason, degraded_message = "AsExpected", "no problems"
     if errors:
         degraded_reason, degraded_message = "ApplyFailed", "; ".join(errors)[:1024]
-    elif stable_deployment is not None and stable_deployment.progress_deadline_exceeded:
+    elif blocked_target:
+        assert state.blocked is not None
+        degraded_reason, degraded_message = "RolledBack", f"{state.blocked.version} was rolled back: {state.blocked.reason}"
+    elif stable_found is not None and stable_found.progress_deadline_exceeded:
         degraded_reason, degraded_message = "ProgressDeadlineExceeded", f"{stable.deployment}: {readiness}"
     degraded = degraded_reason != "AsExpected"
 
-    if canary is not None:
-        progressing = ("True", "NewVersion", f"rolling out {canary.version}: {canary.ready_replicas}/{canary.replicas} "
-                       f"replicas of {canary.deployment} ready; {stable.version} keeps serving")
+    paused = state.rollout is not None and (spec.rollout.paused or state.rollout.paused_by_user)
+    if state.rollout is not None:
+        step_text = f"step {state.rollout.step}/{len(spec.rollout.steps)}, weight {canary.weight if canary else 0}%"
+        reason = "MetricsUnavailable" if state.metrics_unavailable else ("Paused" if paused else "Canary")
+        detail = f"; holding: {state.hold_reason}" if state.hold_reason else ""
+        progressing = ("True", reason, f"rolling out {state.rollout.revision} ({step_text}){detail}")
     elif not stable_ready:
         progressing = ("True", "RollingOut", readiness)
     else:
         progressing = ("False", "Complete", f"{stable.version} is rolled out")
 
     ready = ("True", "AllReplicasReady", readiness) if stable_ready else ("False", "ReplicasNotReady", readiness)
-    previous_conditions = previous.conditions
     conditions = [
-        _condition(previous_conditions, "Ready", ready[0], ready[1], ready[2], generation, now),
-        _condition(previous_conditions, "Progressing", *progressing, generation, now),
-        _condition(previous_conditions, "Degraded", "True" if degraded else "False", degraded_reason,
-                   degraded_message, generation, now),
+        _condition(previous.conditions, "Ready", *ready, generation, now),
+        _condition(previous.conditions, "Progressing", *progressing, generation, now),
+        _condition(previous.conditions, "Degraded", "True" if degraded else "False", degraded_reason, degraded_message, generation, now),
     ]
     phase: Phase
     if degraded:
         phase, message = "Degraded", degraded_message
-    elif stable_deployment is None and not stable_ready:
-        phase, message = "Pending", f"waiting for {stable.deployment} to be created"
-    elif canary is not None:
+    elif paused:
+        phase, message = "Paused", progressing[2]
+    elif state.rollout is not None:
         phase, message = "Progressing", progressing[2]
+    elif stable_found is None:
+        phase, message = "Pending", f"waiting for {stable.deployment} to be created"
     elif not stable_ready:
-        phase, message = ("Pending" if decision.first_release or stable.ready_replicas == 0 else "Progressing"), readiness
+        phase, message = ("Pending" if stable.ready_replicas == 0 else "Progressing"), readiness
     else:
         phase, message = "Healthy", readiness
     return ModelDeploymentStatus(
@@ -264,17 +311,12 @@ def compute_status(
         stable=stable,
         canary=canary,
         conditions=conditions,
-        history=list(decision.history),
+        history=list(state.history),
+        rollout=state.rollout,
+        blocked_revision=state.blocked,
+        previous=state.previous,
+        handled_actions=state.handled,
     )
-
-
-def _with_initial_replicas(manifest: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """A new autoscaled Deployment starts at minReplicas instead of the default 1.
-
-    Applied under a separate field manager: ``modelops`` never owns ``replicas`` of an
-    autoscaled Deployment, so its later applies (which omit it) never reset what the HPA set.
-    """
-    return {**manifest, "spec": {**manifest["spec"], "replicas": spec.scaling.min_replicas or 1}}
 
 
 def plan(
@@ -284,22 +326,31 @@ def plan(
     observed: Observed,
     generation: int,
     now: str,
+    *,
+    evaluations: Mapping[str, Evaluation] | None = None,
+    requested_actions: Mapping[str, str] | None = None,
 ) -> Plan:
     """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state."""
-    decision = decide_versions(spec, status, observed, owner, now)
-    to_apply = []
-    for manifest in desired_children(owner, spec, decision, observed):
-        current = observed.get(manifest["kind"], manifest["metadata"]["name"])
-        if is_applied(manifest, current):
-            continue
-        if current is None and manifest["kind"] == "Deployment" and spec.scaling.autoscaled:
-            to_apply.append(Apply(_with_initial_replicas(manifest, spec), children.BOOTSTRAP_FIELD_MANAGER))
-        to_apply.append(Apply(manifest))
-    to_delete = stale_children(owner, decision, observed) + unwanted_autoscalers(owner, spec, decision, observed)
-    events: list[Event] = []
-    if decision.first_release:
-        events.append(Event("Normal", "Released", f"{decision.target} is the first version: stable directly"))
-    if decision.promoted:
-        events.append(Event("Normal", "Promoted", f"{decision.target} is now stable ({decision.history[-1].reason})"))
-    new_status = compute_status(owner, spec, status, decision, observed, generation, now)
-    return Plan(apply=to_apply, delete=to_delete, status=new_status, events=events)
+    stable_found = observed.deployment_of(status.stable.version) if status.stable else None
+    state = advance(
+        spec,
+        status,
+        serving={found.version: serving(found) for found in observed.deployments.values()},
+        full_size={
+            found.version: serving(found) and found.replicas >= full_replicas(spec, stable_found)
+            for found in observed.deployments.values()
+        },
+        deployments={found.version: found.name for found in observed.deployments.values()},
+        now=now,
+        evaluations=evaluations,
+        requested_actions=requested_actions,
+    )
+    to_apply: list[Apply] = []
+    for manifest in desired_children(owner, spec, state, observed):
+        if not is_applied(manifest, observed.get(manifest["kind"], manifest["metadata"]["name"])):
+            to_apply.append(Apply(manifest))
+    for version in {state.stable, state.canary} - {None}:
+        if version == spec.model.version or version == state.canary:
+            to_apply += replica_writes(owner, spec, state, version, observed)  # type: ignore[arg-type]
+    new_status = compute_status(owner, spec, status, state, observed, generation, now)
+    return Plan(apply=to_apply, delete=stale_children(owner, spec, state, observed), status=new_status, events=list(state.events), state=state)

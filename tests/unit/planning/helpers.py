@@ -68,6 +68,7 @@ class World:
             deployments=deployments,
             services={name: item for (kind, name), item in self.objects.items() if kind == "Service"},
             autoscalers={name: item for (kind, name), item in self.objects.items() if kind == "HorizontalPodAutoscaler"},
+            routes={name: item for (kind, name), item in self.objects.items() if kind == "HTTPRoute"},
             versions_by_child={
                 key: item["metadata"]["labels"][LABEL_MODEL_VERSION]
                 for key, item in self.objects.items()

@@ -5,6 +5,10 @@ from modelops.planning import reconcile as planning
 from tests.unit.planning.helpers import LATER, NOW, OWNER, World, spec
 
 
+def name_of(write: planning.Apply) -> str:
+    return f"{write.manifest['kind']} {write.manifest['metadata']['name']}"
+
+
 def run(world: World, desired_spec, status: ModelDeploymentStatus, now: str = NOW, generation: int = 1) -> planning.Plan:
     plan = planning.plan(OWNER, desired_spec, status, world.observed(), generation, now)
     world.apply(plan.apply)
@@ -15,11 +19,16 @@ def run(world: World, desired_spec, status: ModelDeploymentStatus, now: str = NO
 def test_first_pass_creates_the_children_and_makes_the_first_version_stable() -> None:
     world = World()
     plan = run(world, spec(), ModelDeploymentStatus())
-    assert sorted(write.label for write in plan.apply) == [
-        "Deployment fraud-detector-2-1-0",
-        "Service fraud-detector",
-        "Service fraud-detector-2-1-0",
+    assert sorted((name_of(write), write.field_manager) for write in plan.apply) == [
+        ("Deployment fraud-detector-2-1-0", "modelops"),
+        ("Deployment fraud-detector-2-1-0", "modelops-replicas"),
+        ("Service fraud-detector", "modelops"),
+        ("Service fraud-detector-2-1-0", "modelops"),
     ]
+    replicas = next(w for w in plan.apply if w.field_manager == "modelops-replicas")
+    assert replicas.manifest["spec"] == {"replicas": 2}
+    main = next(w for w in plan.apply if name_of(w).startswith("Deployment") and w.field_manager == "modelops")
+    assert "replicas" not in main.manifest["spec"]  # the main field manager never owns replicas
     assert plan.delete == []
     assert plan.status.stable is not None and plan.status.stable.version == "2.1.0"
     assert plan.status.canary is None
@@ -57,13 +66,15 @@ def test_autoscaling_creates_an_hpa_and_starts_at_min_replicas_under_a_separate_
     world = World()
     autoscaled = spec(scaling={"minReplicas": 3, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60})
     plan = run(world, autoscaled, ModelDeploymentStatus())
-    managers = {(write.label, write.field_manager) for write in plan.apply}
-    assert ("Deployment fraud-detector-2-1-0", "modelops-bootstrap") in managers
+    managers = {(name_of(write), write.field_manager) for write in plan.apply}
+    assert ("Deployment fraud-detector-2-1-0", "modelops-replicas") in managers
     assert ("Deployment fraud-detector-2-1-0", "modelops") in managers
-    bootstrap = next(w for w in plan.apply if w.field_manager == "modelops-bootstrap")
+    bootstrap = next(w for w in plan.apply if w.field_manager == "modelops-replicas")
     main = next(w for w in plan.apply if w.label == "Deployment fraud-detector-2-1-0" and w.field_manager == "modelops")
     assert bootstrap.manifest["spec"]["replicas"] == 3
     assert "replicas" not in main.manifest["spec"]
+    world.objects[("Deployment", "fraud-detector-2-1-0")]["spec"]["replicas"] = 5  # the HPA scaled it
+    assert not [w for w in run(world, autoscaled, plan.status).apply if w.field_manager == "modelops-replicas"]
     hpa = next(w.manifest for w in plan.apply if w.manifest["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["minReplicas"] == 3 and hpa["spec"]["maxReplicas"] == 6
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
@@ -87,7 +98,7 @@ def test_turning_autoscaling_off_deletes_the_hpa() -> None:
     assert ("HorizontalPodAutoscaler", "fraud-detector-2-1-0") in plan.delete
 
 
-def test_new_version_rolls_out_beside_stable_then_is_promoted_and_the_old_one_deleted() -> None:
+def test_new_version_without_steps_starts_at_full_size_beside_stable_then_replaces_it() -> None:
     world = World()
     status = run(world, spec(), ModelDeploymentStatus()).status
     world.ready["fraud-detector-2-1-0"] = 2
@@ -95,26 +106,42 @@ def test_new_version_rolls_out_beside_stable_then_is_promoted_and_the_old_one_de
     new = spec(model={"version": "2.2.0", "uri": "s3://models/fraud/2.2.0/"})
 
     rolling = run(world, new, status, now=LATER, generation=2)
-    assert sorted(w.label for w in rolling.apply) == ["Deployment fraud-detector-2-2-0", "Service fraud-detector-2-2-0"]
+    assert sorted((name_of(w), w.field_manager) for w in rolling.apply) == [
+        ("Deployment fraud-detector-2-2-0", "modelops"),
+        ("Deployment fraud-detector-2-2-0", "modelops-replicas"),
+        ("Service fraud-detector-2-2-0", "modelops"),
+    ]
     assert rolling.status.stable is not None and rolling.status.stable.version == "2.1.0"
     assert rolling.status.canary is not None and rolling.status.canary.version == "2.2.0"
     assert rolling.status.phase == "Progressing"
     canary_deployment = world.objects[("Deployment", "fraud-detector-2-2-0")]
     assert canary_deployment["metadata"]["labels"]["modelops.dev/track"] == "canary"
     assert world.objects[("Service", "fraud-detector")]["spec"]["selector"]["modelops.dev/version"] == "2.1.0"
+    # No steps: blue/green. The new version starts at full size and gets no traffic until promotion.
+    assert [w.manifest["spec"] for w in rolling.apply if w.field_manager == "modelops-replicas"] == [{"replicas": 2}]
+
+    world.ready["fraud-detector-2-2-0"] = 1
+    half = run(world, new, rolling.status, now=LATER, generation=2)
+    assert half.status.stable is not None and half.status.stable.version == "2.1.0"
+    assert "waiting for every replica of 2.2.0 to be Ready" in half.status.message
 
     world.ready["fraud-detector-2-2-0"] = 2
-    promoted = run(world, new, rolling.status, now=LATER, generation=2)
+    promoted = run(world, new, half.status, now=LATER, generation=2)
     assert promoted.status.stable is not None and promoted.status.stable.version == "2.2.0"
     assert promoted.status.canary is None
-    assert sorted(promoted.delete) == [("Deployment", "fraud-detector-2-1-0"), ("Service", "fraud-detector-2-1-0")]
     assert [e.reason for e in promoted.events] == ["Promoted"]
     assert world.objects[("Service", "fraud-detector")]["spec"]["selector"]["modelops.dev/version"] == "2.2.0"
+    assert promoted.status.previous is not None and promoted.status.previous.version == "2.1.0"
+    assert promoted.delete == []  # the previous stable keeps running for scaleDownDelay (30s)
     # The release track in the pod template never changes, so promotion restarts no pod.
     template_env = world.objects[("Deployment", "fraud-detector-2-2-0")]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "MODELOPS_TRACK", "value": "canary"} in template_env
     assert world.objects[("Deployment", "fraud-detector-2-2-0")]["metadata"]["labels"]["modelops.dev/track"] == "stable"
     assert [h.version for h in promoted.status.history] == ["2.1.0", "2.2.0"]
+
+    later = run(world, new, promoted.status, now="2026-11-26T12:06:00Z", generation=2)
+    assert sorted(later.delete) == [("Deployment", "fraud-detector-2-1-0"), ("Service", "fraud-detector-2-1-0")]
+    assert later.status.previous is None
 
 
 def test_a_superseded_version_is_deleted() -> None:
@@ -126,6 +153,7 @@ def test_a_superseded_version_is_deleted() -> None:
     plan = run(world, spec(model={"version": "2.3.0", "uri": "s3://m/2.3.0/"}), status)
     assert sorted(plan.delete) == [("Deployment", "fraud-detector-2-2-0"), ("Service", "fraud-detector-2-2-0")]
     assert plan.status.canary is not None and plan.status.canary.version == "2.3.0"
+    assert [(h.version, h.outcome) for h in plan.status.history][-1] == ("2.2.0", "Superseded")
 
 
 def test_history_is_bounded_by_the_revision_history_limit() -> None:
@@ -138,6 +166,7 @@ def test_history_is_bounded_by_the_revision_history_limit() -> None:
         world.ready[f"fraud-detector-2-{minor}-0"] = 2
         status = run(world, current, status).status
     assert [h.version for h in status.history] == ["2.3.0", "2.4.0", "2.5.0"]
+    assert {h.outcome for h in status.history} == {"Promoted"}
 
 
 def test_a_progress_deadline_exceeded_marks_it_degraded() -> None:
@@ -153,8 +182,8 @@ def test_a_progress_deadline_exceeded_marks_it_degraded() -> None:
 def test_apply_errors_are_reported_as_degraded() -> None:
     world = World()
     status = run(world, spec(), ModelDeploymentStatus()).status
-    decision = planning.decide_versions(spec(), status, world.observed(), OWNER, NOW)
-    degraded = planning.compute_status(OWNER, spec(), status, decision, world.observed(), 1, NOW, ["Service x: forbidden"])
+    state = planning.plan(OWNER, spec(), status, world.observed(), 1, NOW).state
+    degraded = planning.compute_status(OWNER, spec(), status, state, world.observed(), 1, NOW, ["Service x: forbidden"])
     assert degraded.phase == "Degraded"
     assert degraded.message == "Service x: forbidden"
 
@@ -164,5 +193,5 @@ def test_a_stable_deployment_deleted_by_hand_is_recreated() -> None:
     status = run(world, spec(), ModelDeploymentStatus()).status
     world.delete([("Deployment", "fraud-detector-2-1-0")])
     plan = run(world, spec(), status)
-    assert [w.label for w in plan.apply] == ["Deployment fraud-detector-2-1-0"]
+    assert [name_of(w) for w in plan.apply] == ["Deployment fraud-detector-2-1-0", "Deployment fraud-detector-2-1-0"]
     assert plan.events == []  # not a new release

@@ -1,0 +1,165 @@
+"""Canary analysis without I/O: the PromQL each check type runs, and the verdict it earns.
+
+**One query per check type serves every live canary.** A query is grouped
+``by (namespace, model, version)`` and carries no per-canary selector, so one
+evaluation answers for all canaries and their stable versions at once. Queries that
+differ only in their window or parameters are separate groups (:func:`group_key`);
+the number of queries per tick grows with the variety of checks, never with the
+number of canaries. A (namespace, model, version) missing from a result is NoData
+for that canary alone.
+
+Verdicts:
+
+- **Pass**: enough samples, and the value (or its ratio to stable) within bounds.
+- **Fail**: enough samples, and a bound crossed.
+- **NoData**: no series, NaN or Inf, or fewer samples than ``minSampleCount``. Never a pass.
+- **Error**: the query itself failed (Prometheus down, timeout, bad answer). Never a pass.
+
+Label values that come from users (a feature or attribute name) are emitted only as
+escaped string literals in ``=`` matchers, never in regular expressions; the CRD pattern
+restricts them further.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from modelops.api.v1alpha1 import Check, Verdict, duration_seconds
+
+SeriesKey = tuple[str, str, str]  # (namespace, model, version)
+GROUPING = "namespace, model, version"
+
+
+def escape_label_value(value: str) -> str:
+    """A PromQL string literal for ``value``, quotes included.
+
+    >>> escape_label_value('x"} or vector(1) #')
+    '"x\\\\"} or vector(1) #"'
+    """
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _window(check: Check) -> str:
+    duration_seconds(check.window)  # validates
+    return check.window
+
+
+def value_query(check: Check) -> str:
+    """The PromQL for the check's value, grouped by namespace, model and version."""
+    window = _window(check)
+    if check.type == "latencyP99":
+        return (
+            f"histogram_quantile(0.99, sum by ({GROUPING}, le) "
+            f'(rate(mlserve_request_duration_seconds_bucket{{endpoint="infer"}}[{window}])))'
+        )
+    if check.type == "errorRate":
+        requests = f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
+        errors = (
+            f"sum by ({GROUPING}) (rate(mlserve_requests_total"
+            f'{{endpoint="infer", outcome=~"server_error|timeout"}}[{window}]))'
+        )
+        # "or 0 * requests": a version with traffic and no errors has no error series at all.
+        return f"({errors} or 0 * {requests}) / {requests}"
+    if check.type == "requestRate":
+        return f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
+    if check.type == "featureDrift":
+        feature = f", feature={escape_label_value(check.feature)}" if check.feature else ""
+        return f'max by ({GROUPING}) (mlmon_feature_drift_score{{method="psi"{feature}}})'
+    if check.type == "fairnessGap":
+        assert check.attribute is not None  # guaranteed by the CRD's CEL rule
+        attribute = escape_label_value(check.attribute)
+        positive = f'sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}, predicted="1"}}[{window}]))'
+        total = f"sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}}}[{window}]))"
+        rate = f"(({positive} or 0 * {total}) / {total})"
+        return f"max by ({GROUPING}) {rate} - min by ({GROUPING}) {rate}"
+    raise ValueError(f"unknown check type {check.type!r}")
+
+
+def sample_query(check: Check) -> str | None:
+    """The PromQL counting the samples behind the check's value (None: no sample guard applies)."""
+    window = _window(check)
+    if check.type in ("latencyP99", "errorRate", "requestRate"):
+        return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
+    if check.type == "featureDrift":
+        return f'min by ({GROUPING}) (mlmon_window_samples{{window="current"}})'
+    if check.type == "fairnessGap":
+        assert check.attribute is not None
+        attribute = escape_label_value(check.attribute)
+        per_group = f"sum by ({GROUPING}, group) (increase(mlserve_group_predictions_total{{attribute={attribute}}}[{window}]))"
+        return f"min by ({GROUPING}) ({per_group})"  # the smallest group decides
+    return None
+
+
+def group_key(check: Check) -> str:
+    """Checks with equal keys share one query per tick."""
+    return value_query(check)
+
+
+def threshold_text(check: Check) -> str:
+    """The rule in words, for status."""
+    parts = []
+    if check.min is not None:
+        parts.append(f">= {check.min:g}")
+    if check.max is not None:
+        parts.append(f"<= {check.max:g}")
+    if check.max_ratio_to_stable is not None:
+        parts.append(f"<= {check.max_ratio_to_stable:g} x stable")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One executed query: values by (namespace, model, version), or the error that prevented it."""
+
+    values: Mapping[SeriesKey, float]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A check's verdict for one canary."""
+
+    verdict: Verdict
+    value: float | None = None
+    stable_value: float | None = None
+    reason: str = ""
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def evaluate(
+    check: Check,
+    canary: SeriesKey,
+    stable: SeriesKey,
+    values: QueryResult,
+    samples: QueryResult | None,
+) -> Evaluation:
+    """The verdict of ``check`` for the ``canary`` series, given the grouped query results."""
+    for result in (values, samples):
+        if result is not None and result.error is not None:
+            return Evaluation("Error", reason=result.error)
+    value = values.values.get(canary)
+    if not _finite(value):
+        return Evaluation("NoData", reason=f"no value for version {canary[2]}: is it receiving traffic?")
+    if samples is not None:
+        count = samples.values.get(canary)
+        if not _finite(count) or count < check.min_sample_count:  # type: ignore[operator]
+            seen = 0 if not _finite(count) else int(count)  # type: ignore[arg-type]
+            return Evaluation("NoData", value, reason=f"{seen} samples in {check.window}, need {check.min_sample_count}")
+    assert value is not None
+    stable_value = values.values.get(stable)
+    stable_value = stable_value if _finite(stable_value) else None
+    if check.max_ratio_to_stable is not None:
+        if not _finite(stable_value):
+            return Evaluation("NoData", value, reason=f"no value for the stable version {stable[2]} to compare with")
+        assert stable_value is not None
+        if value > stable_value * check.max_ratio_to_stable:
+            return Evaluation("Fail", value, stable_value, f"{value:g} > {check.max_ratio_to_stable:g} x stable {stable_value:g}")
+    if check.max is not None and value > check.max:
+        return Evaluation("Fail", value, stable_value, f"{value:g} > max {check.max:g}")
+    if check.min is not None and value < check.min:
+        return Evaluation("Fail", value, stable_value, f"{value:g} < min {check.min:g}")
+    return Evaluation("Pass", value, stable_value)
