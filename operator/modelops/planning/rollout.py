@@ -20,7 +20,8 @@ A revision's life (``target`` is ``spec.model.version``, ``stable`` is ``status.
    holds and counts ``consecutiveErrors``; at ``consecutiveErrorLimit`` the rollout reports
    MetricsUnavailable. A tick without errors resets that count.
 5. **Progress deadline**: no step completed for ``progressDeadline`` rolls back, naming
-   what it was waiting for. A pause stops the clock.
+   what it was waiting for. A pause (spec, ``modelops pause``, or a step without
+   duration waiting for a human) stops the clock.
 6. **Promotion**: the canary becomes stable at 100 %; the previous stable keeps running
    until ``scaleDownDelay`` has passed (``status.previous``), then is removed.
 7. **Rollback**: all traffic to stable at once; ``status.blockedRevision`` records the
@@ -251,6 +252,8 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
         if not waiting and step.pause is not None:
             if step.pause.duration is None:
                 waiting = f"paused at step {rollout.step} until `modelops promote` or `modelops resume`"
+                # A manual gate is a pause: the progress deadline does not run while a human decides.
+                run.rollout = rollout = rollout.model_copy(update={"last_progress_at": run.now})
             elif _elapsed(rollout.step_started_at, run.now) < duration_seconds(step.pause.duration):
                 waiting = f"pausing {step.pause.duration} at step {rollout.step}"
         if waiting:

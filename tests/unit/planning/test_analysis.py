@@ -1,0 +1,134 @@
+"""Query building (one grouped query per check type, escaped labels) and verdicts."""
+
+import math
+
+import pytest
+
+from modelops.api.v1alpha1 import Check
+from modelops.planning.analysis import (
+    QueryResult,
+    escape_label_value,
+    evaluate,
+    group_key,
+    sample_query,
+    threshold_text,
+    value_query,
+)
+
+CANARY = ("ml", "fraud", "2.2.0")
+STABLE = ("ml", "fraud", "2.1.0")
+
+
+def check(**fields: object) -> Check:
+    return Check.model_validate({"name": "c", "type": "latencyP99", "max": 0.25} | fields)
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [
+        ("plain", '"plain"'),
+        ('x"} or vector(1) #', '"x\\"} or vector(1) #"'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("line\nbreak", '"line\\nbreak"'),
+    ],
+)
+def test_label_values_are_escaped_string_literals(value: str, literal: str) -> None:
+    assert escape_label_value(value) == literal
+
+
+def test_hostile_feature_and_attribute_names_are_refused_by_the_api() -> None:
+    with pytest.raises(ValueError):
+        check(type="featureDrift", feature='x"} or vector(0) #')
+    with pytest.raises(ValueError):
+        check(type="fairnessGap", attribute="a\"}")
+
+
+def test_queries_are_grouped_and_carry_no_per_canary_selector() -> None:
+    for kind, extra in [("latencyP99", {}), ("errorRate", {}), ("requestRate", {}), ("featureDrift", {}), ("fairnessGap", {"attribute": "sex"})]:
+        query = value_query(check(type=kind, **extra))
+        assert "namespace, model, version" in query
+        assert "2.2.0" not in query and "fraud" not in query and 'namespace="' not in query
+
+
+def test_latency_query_keeps_le_and_uses_the_window() -> None:
+    query = value_query(check(window="2m"))
+    assert query == (
+        "histogram_quantile(0.99, sum by (namespace, model, version, le) "
+        '(rate(mlserve_request_duration_seconds_bucket{endpoint="infer"}[2m])))'
+    )
+
+
+def test_error_rate_query_counts_zero_errors_as_zero_not_no_data() -> None:
+    query = value_query(check(type="errorRate", max=0.01))
+    assert 'outcome=~"server_error|timeout"' in query
+    assert " or 0 * " in query
+
+
+def test_feature_and_attribute_are_matched_as_escaped_equals() -> None:
+    assert 'feature="age"' in value_query(check(type="featureDrift", feature="age"))
+    fairness = value_query(check(type="fairnessGap", attribute="sex", max=0.1))
+    assert 'attribute="sex"' in fairness and "=~" not in fairness.replace('outcome=~', "")
+
+
+def test_checks_with_the_same_query_share_a_group() -> None:
+    assert group_key(check(name="a")) == group_key(check(name="b", max=0.5))
+    assert group_key(check(window="1m")) != group_key(check(window="5m"))
+
+
+def test_sample_guard_queries() -> None:
+    assert "increase(mlserve_requests_total" in (sample_query(check()) or "")
+    assert 'mlmon_window_samples{window="current"}' in (sample_query(check(type="featureDrift")) or "")
+    assert "min by (namespace, model, version)" in (sample_query(check(type="fairnessGap", attribute="g")) or "")
+
+
+def result(values: dict[tuple[str, str, str], float]) -> QueryResult:
+    return QueryResult(values)
+
+
+ENOUGH = result({CANARY: 500, STABLE: 5000})
+
+
+@pytest.mark.parametrize(
+    ("spec", "values", "samples", "verdict"),
+    [
+        ({"max": 0.25}, {CANARY: 0.1}, ENOUGH, "Pass"),
+        ({"max": 0.25}, {CANARY: 0.3}, ENOUGH, "Fail"),
+        ({"max": 0.25}, {CANARY: 0.25}, ENOUGH, "Pass"),
+        ({"min": 5.0, "type": "requestRate"}, {CANARY: 4.0}, ENOUGH, "Fail"),
+        ({"max": 0.25}, {}, ENOUGH, "NoData"),
+        ({"max": 0.25}, {CANARY: math.nan}, ENOUGH, "NoData"),
+        ({"max": 0.25}, {CANARY: math.inf}, ENOUGH, "NoData"),
+        ({"max": 0.25}, {CANARY: 0.1}, result({CANARY: 20}), "NoData"),
+        ({"max": 0.25}, {CANARY: 0.1}, result({}), "NoData"),
+        ({"maxRatioToStable": 1.2}, {CANARY: 0.13, STABLE: 0.1}, ENOUGH, "Fail"),
+        ({"maxRatioToStable": 1.2}, {CANARY: 0.11, STABLE: 0.1}, ENOUGH, "Pass"),
+        ({"maxRatioToStable": 1.2}, {CANARY: 0.11}, ENOUGH, "NoData"),
+        ({"maxRatioToStable": 1.2, "max": 1.0}, {CANARY: 0.13, STABLE: 0.1}, ENOUGH, "Fail"),
+        ({"maxRatioToStable": 1.2, "max": 0.12}, {CANARY: 0.115, STABLE: 0.1}, ENOUGH, "Pass"),
+    ],
+)
+def test_verdicts(spec: dict[str, object], values: dict, samples: QueryResult, verdict: str) -> None:
+    fields = {"max": None} | spec
+    evaluation = evaluate(check(**fields), CANARY, STABLE, result(values), samples)
+    assert evaluation.verdict == verdict, evaluation
+
+
+def test_errors_never_pass_and_name_the_cause() -> None:
+    evaluation = evaluate(check(), CANARY, STABLE, QueryResult({}, error="timeout after 5s"), ENOUGH)
+    assert (evaluation.verdict, evaluation.reason) == ("Error", "timeout after 5s")
+    evaluation = evaluate(check(), CANARY, STABLE, result({CANARY: 0.1}), QueryResult({}, error="connection refused"))
+    assert evaluation.verdict == "Error"
+
+
+def test_no_data_reason_names_the_sample_count() -> None:
+    evaluation = evaluate(check(minSampleCount=100), CANARY, STABLE, result({CANARY: 0.1}), result({CANARY: 7}))
+    assert evaluation.reason == "7 samples in 1m, need 100"
+
+
+def test_a_nan_stable_value_never_reaches_status() -> None:
+    evaluation = evaluate(check(), CANARY, STABLE, result({CANARY: 0.1, STABLE: math.nan}), ENOUGH)
+    assert evaluation.stable_value is None
+
+
+def test_threshold_text() -> None:
+    assert threshold_text(check(min=1, max=2, maxRatioToStable=1.2)) == ">= 1 and <= 2 and <= 1.2 x stable"
