@@ -63,12 +63,45 @@ def crd() -> None:
     help="Period of the pass that repairs drift no event announced (env: MODELOPS_RESYNC_SECONDS).",
 )
 @click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Liveness endpoint URL.")
+@click.option("--prometheus-url", envvar="MODELOPS_PROMETHEUS_URL", help="Prometheus for canary analysis (env: MODELOPS_PROMETHEUS_URL).")
+@click.option("--prometheus-timeout", type=click.FloatRange(0.5, 60), default=5, show_default=True, help="Seconds per query.")
+@click.option("--prometheus-ca-file", type=click.Path(dir_okay=False), help="CA bundle for an https Prometheus.")
+@click.option("--prometheus-token-file", type=click.Path(dir_okay=False), help="File holding a bearer token (re-read per query).")
+@click.option("--prometheus-basic-auth-file", type=click.Path(dir_okay=False), help="File holding user:password (re-read per query).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8081, show_default=True, help="Port of the operator's /metrics (0: off).")
+@click.option("--metrics-address", default="0.0.0.0", show_default=True, help="Address of the operator's /metrics.")
+@click.option("--analysis-tick-seconds", type=click.FloatRange(0.2, 60), default=1, show_default=True, help="How often due analyses are looked for.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every pass, not only those that wrote.")
-def run(namespaces: tuple[str, ...], all_namespaces: bool, resync_seconds: float, liveness: str, verbose: bool) -> None:
+def run(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    resync_seconds: float,
+    liveness: str,
+    prometheus_url: str | None,
+    prometheus_timeout: float,
+    prometheus_ca_file: str | None,
+    prometheus_token_file: str | None,
+    prometheus_basic_auth_file: str | None,
+    metrics_port: int,
+    metrics_address: str,
+    analysis_tick_seconds: float,
+    verbose: bool,
+) -> None:
     """Run the operator against the current cluster ($KUBECONFIG, or in-cluster credentials)."""
     import os
 
-    os.environ["MODELOPS_RESYNC_SECONDS"] = str(resync_seconds)
+    settings = {
+        "MODELOPS_RESYNC_SECONDS": str(resync_seconds),
+        "MODELOPS_PROMETHEUS_URL": prometheus_url or "",
+        "MODELOPS_PROMETHEUS_TIMEOUT_SECONDS": str(prometheus_timeout),
+        "MODELOPS_PROMETHEUS_CA_FILE": prometheus_ca_file or "",
+        "MODELOPS_PROMETHEUS_TOKEN_FILE": prometheus_token_file or "",
+        "MODELOPS_PROMETHEUS_BASIC_AUTH_FILE": prometheus_basic_auth_file or "",
+        "MODELOPS_METRICS_PORT": str(metrics_port),
+        "MODELOPS_METRICS_ADDRESS": metrics_address,
+        "MODELOPS_ANALYSIS_TICK_SECONDS": str(analysis_tick_seconds),
+    }
+    os.environ.update(settings)
     import kopf
 
     import modelops.handlers  # noqa: F401 - registers the handlers
@@ -82,6 +115,67 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, resync_seconds: float
         namespaces=list(namespaces),
         liveness_endpoint=liveness,
     )
+
+
+def _request_action(action: str, name: str, namespace: str | None) -> None:
+    """Annotates the ModelDeployment with modelops.dev/action.<action>=<now>; the operator carries it out once."""
+    import datetime
+
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    from modelops.api import v1alpha1
+
+    try:
+        config.load_kube_config()
+        _, context = config.list_kube_config_contexts()
+    except (config.ConfigException, FileNotFoundError) as error:
+        raise click.ClickException(f"no usable kubeconfig: {error}") from error
+    namespace = namespace or context.get("context", {}).get("namespace") or "default"
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    patch = {"metadata": {"annotations": {f"modelops.dev/action.{action}": now}}}
+    try:
+        client.CustomObjectsApi().patch_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, patch,
+            _content_type="application/merge-patch+json", _request_timeout=15,
+        )
+    except ApiException as error:
+        if error.status == 404:
+            raise click.ClickException(f"no ModelDeployment {name} in namespace {namespace}") from error
+        raise click.ClickException(f"could not request {action}: HTTP {error.status} {error.reason}") from error
+    click.echo(f"{action} requested for modeldeployment {namespace}/{name}; watch: kubectl get mdep {name} -n {namespace} -w")
+
+
+ACTION_HELP = {
+    "promote": "Skip the remaining steps and promote the canary now.",
+    "abort": "Roll the canary back now (all traffic to stable); the revision is blocked.",
+    "retry": "Retry a rolled-back revision (clears status.blockedRevision).",
+    "pause": "Hold the canary where it is (stops the progress deadline).",
+    "resume": "Continue a paused canary, or pass a pause step without duration.",
+}
+
+
+def _action_command(action: str) -> click.Command:
+    @click.command(name=action, help=ACTION_HELP[action])
+    @click.argument("name")
+    @click.option("-n", "--namespace", help="Namespace (default: the kubeconfig context's).")
+    def command(name: str, namespace: str | None) -> None:
+        _request_action(action, name, namespace)
+
+    return command
+
+
+for _action in ACTION_HELP:
+    main.add_command(_action_command(_action))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def kubectl_plugin() -> None:
+    """kubectl modelops: promote, abort, retry, pause or resume a ModelDeployment's rollout."""
+
+
+for _action in ACTION_HELP:
+    kubectl_plugin.add_command(_action_command(_action))
 
 
 @main.group()

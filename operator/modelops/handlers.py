@@ -3,16 +3,20 @@ ModelDeployment, run one pass of ``reconciler.reconcile``, report.
 
 Triggers, all running the same idempotent pass (level-based, not edge-based):
 
-- any watch event of a ModelDeployment (creation, spec change, resume after restart);
+- any watch event of a ModelDeployment (creation, spec change, annotation for a manual
+  action, resume after restart);
 - any watch event of a Deployment the operator manages (pods becoming Ready, a child
-  deleted or edited by hand), mapped to its ModelDeployment through an in-memory index;
+  deleted or edited by hand), mapped to its ModelDeployment;
 - a periodic pass every ``MODELOPS_RESYNC_SECONDS`` (default 60), which repairs drift that
-  no event announced.
+  no event announced;
+- the analysis tick (every ``MODELOPS_ANALYSIS_TICK_SECONDS``, default 1): for every live
+  canary whose analysis is due, one grouped Prometheus query per distinct check, then a pass
+  with the verdicts.
 
 kopf itself writes nothing to a ModelDeployment: no finalizer (no timers or daemons), no
 progress or diff-base annotations (``on.event`` keeps no state), and no Events for INFO
-logs (posting level is WARNING); the operator posts its own Events for real transitions. A per-object lock
-keeps two triggers from running a pass on the same object at once.
+logs (posting level is WARNING); the operator posts its own Events for real transitions.
+A per-object lock keeps two triggers from running a pass on the same object at once.
 """
 
 import asyncio
@@ -21,27 +25,36 @@ import logging
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from pydantic import ValidationError
 
+from modelops.analysis_runner import CanaryUnderAnalysis, run_tick
 from modelops.api import v1alpha1
 from modelops.kube.api import ApiError, KubernetesClusterApi
+from modelops.metrics import operator_metrics as metrics
+from modelops.metrics.prometheus import Prometheus, PrometheusConfig
+from modelops.planning.analysis import Evaluation, QueryResult
 from modelops.planning.children import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
-from modelops.reconciler import reconcile
+from modelops.planning.rollout import analysis_due
+from modelops.reconciler import Outcome, reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELOPS_RESYNC_SECONDS", "60"))
+ANALYSIS_TICK_SECONDS = float(os.environ.get("MODELOPS_ANALYSIS_TICK_SECONDS", "1"))
 FINALIZER = "modelops.dev/finalizer"
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
-_known: set[tuple[str, str]] = set()  # (namespace, name) of every ModelDeployment seen and not deleted
+_guard = threading.Lock()
+_bodies: dict[tuple[str, str], dict[str, Any]] = {}  # last body seen on the watch, per live ModelDeployment
 log = logging.getLogger("modelops")
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
+    with _guard:
         return _locks[(namespace, name)]
 
 
@@ -52,6 +65,26 @@ def _api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()
     return client.ApiClient()
+
+
+def _optional_path(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
+def _prometheus() -> Prometheus | None:
+    url = os.environ.get("MODELOPS_PROMETHEUS_URL")
+    if not url:
+        return None
+    return Prometheus(
+        PrometheusConfig(
+            url=url,
+            timeout_seconds=float(os.environ.get("MODELOPS_PROMETHEUS_TIMEOUT_SECONDS", "5")),
+            ca_file=_optional_path("MODELOPS_PROMETHEUS_CA_FILE"),
+            bearer_token_file=_optional_path("MODELOPS_PROMETHEUS_TOKEN_FILE"),
+            basic_auth_file=_optional_path("MODELOPS_PROMETHEUS_BASIC_AUTH_FILE"),
+        )
+    )
 
 
 @kopf.on.startup()
@@ -69,29 +102,66 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = int(os.environ.get("MODELOPS_WORKERS", "8"))
     settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
     memo.cluster = KubernetesClusterApi(_api_client())
+    memo.prometheus = _prometheus()
+    port = int(os.environ.get("MODELOPS_METRICS_PORT", "0"))
+    if port:
+        metrics.serve(port, os.environ.get("MODELOPS_METRICS_ADDRESS", "0.0.0.0"))
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _run_pass(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger | kopf.Logger) -> None:
+def _run_pass(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    logger: logging.Logger | kopf.Logger,
+    evaluations: Mapping[str, Evaluation] | None = None,
+    revision: str | None = None,
+) -> None:
     """One pass on the object as stored *now*: every trigger re-reads it under the lock, so a
-    pass never works from a body older than the previous pass's status write."""
+    pass never works from a body older than the previous pass's status write. Verdicts are
+    used only if they were computed for the revision still in progress."""
     with _lock(namespace, name):
         try:
             body = memo.cluster.get_modeldeployment(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return  # children go with the owner (ownerReferences); nothing to reconcile
-            outcome = reconcile(memo.cluster, body, _now())
+            rollout = (body.get("status") or {}).get("rollout") or {}
+            if evaluations is not None and rollout.get("revision") != revision:
+                evaluations = None
+            with metrics.reconcile_seconds.time():
+                outcome = reconcile(memo.cluster, body, _now(), evaluations)
         except ApiError as error:
+            metrics.reconcile_passes.labels("error").inc()
             if error.status == 404:
                 return  # deleted during the pass
             # The next trigger or periodic pass retries; one line, no traceback, for a known failure.
             logger.warning("pass of %s/%s failed: %s", namespace, name, error)
             return
+    metrics.reconcile_passes.labels("error" if outcome.errors else "ok").inc()
+    _report(body, outcome, memo, logger, evaluations)
+
+
+def _report(
+    body: Mapping[str, Any],
+    outcome: Outcome,
+    memo: kopf.Memo,
+    logger: logging.Logger | kopf.Logger,
+    evaluations: Mapping[str, Evaluation] | None,
+) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     for event in outcome.events:
         memo.cluster.post_event(body, event.type, event.reason, event.message)
+        if event.reason == "Promoted":
+            metrics.promotions.labels(namespace, name).inc()
+        elif event.reason == "RolledBack":
+            metrics.rollbacks.labels(namespace, name).inc()
+    for check, evaluation in (evaluations or {}).items():
+        metrics.analysis_checks.labels(namespace, name, check, evaluation.verdict).inc()
+    if outcome.canary_weight is not None:
+        metrics.canary_weight.labels(namespace, name).set(outcome.canary_weight)
     if outcome.errors:
         memo.cluster.post_event(body, "Warning", "ReconcileFailed", "; ".join(outcome.errors))
     if outcome.wrote:
@@ -105,23 +175,32 @@ def _run_pass(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger
 
 @kopf.on.event(v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 def modeldeployment_changed(
-    type: str | None, namespace: str, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    type: str | None, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     key = (namespace, name)
-    with _locks_guard:
+    with _guard:
         if type == "DELETED":
-            _known.discard(key)
+            _bodies.pop(key, None)
         else:
-            _known.add(key)
-    if type != "DELETED":
-        _run_pass(namespace, name, memo, logger)
+            _bodies[key] = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+    if type == "DELETED":
+        _forget_metrics(namespace, name)
+        return
+    _run_pass(namespace, name, memo, logger)
+
+
+def _forget_metrics(namespace: str, name: str) -> None:
+    try:
+        metrics.canary_weight.remove(namespace, name)
+    except KeyError:
+        pass  # never had a canary
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY})
 def child_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     namespace, owner = body.metadata.namespace, (body.metadata.labels or {}).get(LABEL_DEPLOYMENT)
-    with _locks_guard:
-        known = (namespace, owner) in _known
+    with _guard:
+        known = (namespace, owner) in _bodies
     if owner and known:
         _run_pass(namespace, owner, memo, logger)
 
@@ -135,8 +214,8 @@ async def _periodic_passes(memo: kopf.Memo) -> None:
     """
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        with _locks_guard:
-            keys = sorted(_known)
+        with _guard:
+            keys = sorted(_bodies)
         for namespace, name in keys:
             try:
                 await asyncio.to_thread(_run_pass, namespace, name, memo, log)
@@ -144,13 +223,71 @@ async def _periodic_passes(memo: kopf.Memo) -> None:
                 log.exception("periodic pass of %s/%s failed", namespace, name)
 
 
+def due_canaries(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
+    """Live canaries whose checks should run now, with the revision they are for."""
+    due = []
+    for (namespace, name), body in bodies.items():
+        try:
+            status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
+            spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            continue
+        if status.stable is None or status.rollout is None or not analysis_due(status, now):
+            continue
+        if status.rollout.revision != spec.model.version or spec.rollout.skip_analysis:
+            continue
+        due.append(
+            (
+                CanaryUnderAnalysis(namespace, name, status.stable.version, status.rollout.revision, spec.rollout.analysis.checks),
+                status.rollout.revision,
+            )
+        )
+    return due
+
+
+def _query(memo: kopf.Memo, promql: str) -> QueryResult:
+    prometheus: Prometheus | None = memo.prometheus
+    if prometheus is None:
+        metrics.prometheus_queries.labels("error").inc()
+        return QueryResult({}, error="no Prometheus configured: start the operator with --prometheus-url")
+    result = prometheus.query(promql)
+    metrics.prometheus_queries.labels("error" if result.error else "ok").inc()
+    return result
+
+
+def _analysis_tick(memo: kopf.Memo) -> None:
+    with _guard:
+        bodies = dict(_bodies)
+    due = due_canaries(bodies, _now())
+    if not due:
+        return
+    tick = run_tick([canary for canary, _ in due], lambda promql: _query(memo, promql))
+    metrics.analysis_tick_queries.set(tick.queries)
+    metrics.analysis_tick_canaries.set(len(due))
+    for canary, revision in due:
+        evaluations = tick.evaluations[(canary.namespace, canary.name)]
+        _run_pass(canary.namespace, canary.name, memo, log, evaluations, revision)
+
+
+async def _analysis_loop(memo: kopf.Memo) -> None:
+    while True:
+        await asyncio.sleep(ANALYSIS_TICK_SECONDS)
+        try:
+            await asyncio.to_thread(_analysis_tick, memo)
+        except Exception:  # noqa: BLE001 - a broken tick must not stop analysis for good
+            log.exception("analysis tick failed")
+
+
 @kopf.on.startup()
-async def start_periodic_passes(memo: kopf.Memo, **_: Any) -> None:
-    memo.periodic = asyncio.get_running_loop().create_task(_periodic_passes(memo))
+async def start_loops(memo: kopf.Memo, **_: Any) -> None:
+    loop = asyncio.get_running_loop()
+    memo.loops = [loop.create_task(_periodic_passes(memo)), loop.create_task(_analysis_loop(memo))]
 
 
 @kopf.on.cleanup()
-async def stop_periodic_passes(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("periodic")
-    if task is not None:
+async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
+    for task in memo.get("loops", []):
         task.cancel()
+    prometheus: Prometheus | None = memo.get("prometheus")
+    if prometheus is not None:
+        prometheus.close()

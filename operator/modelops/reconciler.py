@@ -30,6 +30,7 @@ class Outcome:
     status_written: bool = False
     errors: list[str] = field(default_factory=list)
     events: list[planning.Event] = field(default_factory=list)
+    canary_weight: int | None = None  # the effective canary weight after the pass (0 without a canary)
 
     @property
     def wrote(self) -> bool:
@@ -174,9 +175,12 @@ def reconcile(
 
     status = plan.status
     if outcome.errors:
-        status = planning.compute_status(owner, spec, previous, plan.state, observed, generation, now, outcome.errors)
+        status = planning.compute_status(
+            owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing
+        )
     if status != previous:
         cluster.patch_status(owner.namespace, owner.name, status_document(status))
         outcome.status_written = True
     outcome.events = plan.events
+    outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
     return outcome

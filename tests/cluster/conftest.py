@@ -25,6 +25,7 @@ from kubernetes import client
 from modelops.devcluster import accounts, bootstrap, toolchain
 from modelops.devcluster.cluster import ClusterState
 from modelops.devcluster.layout import CacheLayout, cache_root
+from tests.support.tcp_proxy import TcpProxy
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "modelops-system"
@@ -67,12 +68,66 @@ def install_manifests(kubectl: Kubectl) -> list[dict[str, Any]]:
 
 @dataclass
 class Operator:
-    process: subprocess.Popen[bytes]
+    """The operator as a local process, authenticated as its ServiceAccount."""
+
+    kubeconfig: Path
     log: Path
     user: str
+    prometheus: TcpProxy
+    metrics_port: int = 0
+    liveness_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def start(self) -> None:
+        self.liveness_port, self.metrics_port = _free_port(), _free_port()
+        environment = {key: value for key, value in os.environ.items() if not key.startswith(("KUBE", "MODELOPS_"))}
+        environment["KUBECONFIG"] = str(self.kubeconfig)
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "modelops.cli", "run", "--all-namespaces",
+                    f"--resync-seconds={RESYNC_SECONDS}",
+                    f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+                    f"--prometheus-url={self.prometheus.url}",
+                    "--prometheus-timeout=2",
+                    f"--metrics-port={self.metrics_port}",
+                    "--metrics-address=127.0.0.1",
+                    "--analysis-tick-seconds=0.5",
+                ],
+                stdout=output, stderr=subprocess.STDOUT, env=environment,
+            )
+        bootstrap.wait_for("the operator's liveness endpoint", self._alive, timeout=60)
+
+    def _alive(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure would: no clean-up of any kind."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
 
 def _free_port() -> int:
@@ -100,34 +155,13 @@ def operator(
         ca_cert=devcluster.ca_cert,
         path=folder / "operator.kubeconfig",
     )
-    port = _free_port()
-    log = folder / "operator.log"
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("KUBE")}
-    environment["KUBECONFIG"] = str(kubeconfig)
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelops.cli", "run", "--all-namespaces", f"--resync-seconds={RESYNC_SECONDS}",
-             f"--liveness=http://127.0.0.1:{port}/healthz"],
-            stdout=output, stderr=subprocess.STDOUT, env=environment,
-        )
-    handle = Operator(process, log, OPERATOR_USER)
-
-    def alive() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the operator exited with {process.returncode}:\n{handle.log_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    bootstrap.wait_for("the operator's liveness endpoint", alive, timeout=60)
+    proxy = TcpProxy("127.0.0.1", devcluster.ports["prometheus"])
+    proxy.start()
+    handle = Operator(kubeconfig=kubeconfig, log=folder / "operator.log", user=OPERATOR_USER, prometheus=proxy)
+    handle.start()
     yield handle
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    handle.stop()
+    proxy.stop()
     problems = [line for line in handle.log_text().splitlines() if "Traceback" in line or "is forbidden: User" in line]
     assert not problems, "the operator logged errors:\n" + handle.log_text()[-5000:]
 

@@ -254,7 +254,9 @@ def test_a_new_version_rolls_out_beside_stable_then_replaces_it(
 ) -> None:
     models.create(example(models.namespace))
     models.wait_ready()
-    models.patch_spec({"model": {"version": "2.2.0", "uri": "s3://models/fraud/2.2.0/", "digest": None}})
+    models.patch_spec(
+        {"model": {"version": "2.2.0", "uri": "s3://models/fraud/2.2.0/", "digest": None}, "rollout": {"scaleDownDelay": "3s"}}
+    )
 
     def promoted() -> bool:
         status = models.get()["status"]

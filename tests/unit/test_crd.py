@@ -33,6 +33,8 @@ def test_schema_is_structural_and_bounded() -> None:
             assert "maxLength" in node, f"{path} has no maxLength"
         if node.get("type") == "array":
             assert "maxItems" in node, f"{path} has no maxItems"
+        for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(bound, True), bool), f"{path}: {bound} must be a boolean in OpenAPI v3.0"
 
 
 def test_every_spec_field_is_documented() -> None:

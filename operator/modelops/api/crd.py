@@ -47,6 +47,9 @@ def _structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str
             result[key] = _structural(value, definitions)
         else:
             result[key] = value
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(result.get(bound), (int, float)) and not isinstance(result[bound], bool):
+            result[limit], result[bound] = result[bound], True  # OpenAPI v3.0 form, which Kubernetes expects
     if result.get("type") == "object" and "properties" not in result:
         result["x-kubernetes-preserve-unknown-fields"] = True  # free-form: dict[str, Any]
     if "description" in result:

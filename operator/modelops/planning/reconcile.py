@@ -110,6 +110,7 @@ class Plan:
     status: ModelDeploymentStatus
     events: list[Event]
     state: RolloutState
+    changing: frozenset[str] = frozenset()
 
 
 def wanted_replicas(spec: ModelDeploymentSpec, found: ObservedDeployment | None) -> int:
@@ -245,8 +246,13 @@ def compute_status(
     generation: int,
     now: str,
     errors: Sequence[str] = (),
+    changing: frozenset[str] = frozenset(),
 ) -> ModelDeploymentStatus:
-    """The status this pass should leave: equal to ``previous`` when nothing changed."""
+    """The status this pass should leave: equal to ``previous`` when nothing changed.
+
+    ``changing`` names the Deployments this pass writes: what was observed of them is about to
+    be outdated, so they do not count as ready in this status.
+    """
     stable_found = observed.deployment_of(state.stable)
     stable_wanted = wanted_replicas(spec, stable_found) if state.stable == spec.model.version else (stable_found.replicas if stable_found else 0)
     canary: VersionStatus | None = None
@@ -260,7 +266,7 @@ def compute_status(
         )
         canary = _version_status(owner, state.canary, observed, canary_found.replicas if canary_found else 0, weight)
     stable = _version_status(owner, state.stable, observed, stable_wanted, 100 - (canary.weight or 0 if canary else 0))
-    stable_ready = serving(stable_found) and stable.ready_replicas >= stable_wanted
+    stable_ready = serving(stable_found) and stable.ready_replicas >= stable_wanted and stable.deployment not in changing
     readiness = f"{stable.ready_replicas}/{stable.replicas} replicas of {stable.deployment} ready"
 
     blocked_target = state.blocked is not None and state.blocked.version == spec.model.version != state.stable
@@ -352,5 +358,13 @@ def plan(
     for version in {state.stable, state.canary} - {None}:
         if version == spec.model.version or version == state.canary:
             to_apply += replica_writes(owner, spec, state, version, observed)  # type: ignore[arg-type]
-    new_status = compute_status(owner, spec, status, state, observed, generation, now)
-    return Plan(apply=to_apply, delete=stale_children(owner, spec, state, observed), status=new_status, events=list(state.events), state=state)
+    changing = frozenset(w.manifest["metadata"]["name"] for w in to_apply if w.manifest["kind"] == "Deployment")
+    new_status = compute_status(owner, spec, status, state, observed, generation, now, changing=changing)
+    return Plan(
+        apply=to_apply,
+        delete=stale_children(owner, spec, state, observed),
+        status=new_status,
+        events=list(state.events),
+        state=state,
+        changing=changing,
+    )

@@ -1,0 +1,1 @@
+"""Metric providers (the only code that queries Prometheus) and the operator's own metrics."""

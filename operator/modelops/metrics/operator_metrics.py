@@ -1,0 +1,26 @@
+"""The operator's own Prometheus metrics, served on ``--metrics-port``."""
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LABELS = ("namespace", "modeldeployment")
+
+canary_weight = Gauge("modelops_canary_weight", "Traffic the canary receives, percent (0 without a canary).", LABELS)
+analysis_checks = Counter(
+    "modelops_analysis_checks_total", "Check evaluations by verdict.", (*LABELS, "check", "verdict")
+)
+promotions = Counter("modelops_promotions_total", "Revisions promoted to stable.", LABELS)
+rollbacks = Counter("modelops_rollbacks_total", "Revisions rolled back or aborted.", LABELS)
+reconcile_seconds = Histogram(
+    "modelops_reconcile_duration_seconds",
+    "Duration of one reconciliation pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+reconcile_passes = Counter("modelops_reconcile_total", "Reconciliation passes by result.", ("result",))
+prometheus_queries = Counter("modelops_prometheus_queries_total", "Prometheus queries by result.", ("result",))
+analysis_tick_queries = Gauge("modelops_analysis_tick_queries", "Prometheus queries made by the last analysis tick.")
+analysis_tick_canaries = Gauge("modelops_analysis_tick_canaries", "Canaries evaluated by the last analysis tick.")
+
+
+def serve(port: int, address: str) -> None:
+    """Starts the /metrics endpoint in a background thread."""
+    start_http_server(port, addr=address)

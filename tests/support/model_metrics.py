@@ -1,0 +1,110 @@
+"""A stand-in for model server pods: serves the metrics contract for one version, with values a test controls.
+
+It is a real HTTP endpoint on 127.0.0.1 that Prometheus scrapes (registered through file_sd
+with the pod's ``namespace`` and ``pod`` labels). Counters grow with time at the configured
+request rate, so ``rate()`` and ``increase()`` behave as they do for a real server; every
+request of the current behaviour lands in the first histogram bucket at or above
+``latency_seconds``.
+"""
+
+import http.server
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelops.devcluster import targets
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Behaviour:
+    requests_per_second: float = 50.0
+    latency_seconds: float = 0.07  # p99 reads about 0.1 (the 0.05-0.1 bucket)
+    error_ratio: float = 0.0
+
+
+@dataclass
+class VersionMetrics:
+    namespace: str
+    model: str
+    version: str
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=lambda: {le: 0.0 for le in BUCKETS})
+    duration_sum: float = 0.0
+    updated: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        count = self.behaviour.requests_per_second * (now - self.updated)
+        self.updated = now
+        self.requests += count
+        self.errors += count * self.behaviour.error_ratio
+        self.duration_sum += count * self.behaviour.latency_seconds
+        for le in BUCKETS:
+            if self.behaviour.latency_seconds <= le:
+                self.buckets[le] += count
+
+    def set(self, **changes: float) -> None:
+        """Changes the behaviour from now on (what was counted so far stays)."""
+        with self.lock:
+            self._advance()
+            for key, value in changes.items():
+                setattr(self.behaviour, key, value)
+
+    def render(self) -> str:
+        with self.lock:
+            self._advance()
+            labels = f'model="{self.model}",version="{self.version}",endpoint="infer",protocol="rest"'
+            ok = self.requests - self.errors
+            lines = [
+                "# TYPE mlserve_requests_total counter",
+                f'mlserve_requests_total{{{labels},outcome="success"}} {ok:.6f}',
+                f'mlserve_requests_total{{{labels},outcome="server_error"}} {self.errors:.6f}',
+                "# TYPE mlserve_request_duration_seconds histogram",
+            ]
+            lines += [f'mlserve_request_duration_seconds_bucket{{{labels},le="{le}"}} {n:.6f}' for le, n in self.buckets.items()]
+            lines += [
+                f'mlserve_request_duration_seconds_bucket{{{labels},le="+Inf"}} {self.requests:.6f}',
+                f"mlserve_request_duration_seconds_sum{{{labels}}} {self.duration_sum:.6f}",
+                f"mlserve_request_duration_seconds_count{{{labels}}} {self.requests:.6f}",
+            ]
+            return "\n".join(lines) + "\n"
+
+
+class ModelMetricsEndpoint:
+    """One scrape target per version; ``stop()`` unregisters and closes it."""
+
+    def __init__(self, targets_dir: Path, metrics: VersionMetrics, pod: str) -> None:
+        self.metrics = metrics
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                body = endpoint.metrics.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+                return
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self._targets_dir = targets_dir
+        self.target_name = f"{metrics.namespace}-{pod}".lower()[:63].rstrip("-")
+        address = f"127.0.0.1:{self._server.server_address[1]}"
+        targets.register(targets_dir, self.target_name, address, {"namespace": metrics.namespace, "pod": pod})
+
+    def stop(self) -> None:
+        targets.unregister(self._targets_dir, self.target_name)
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
