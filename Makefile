@@ -50,7 +50,7 @@ clean: ## remove the venv and caches in the tree (not the binary cache in ~/.cac
 	rm -rf $(VENV) .pytest_cache build dist operator/*.egg-info
 
 crd: install ## regenerate crds/ from the API models
-	$(BIN)/modelops crd > crds/modeldeployments.modelops.dev.yaml
+	$(BIN)/modelops crd --output-dir crds
 
 run: install ## run the operator against $$KUBECONFIG (all namespaces)
 	$(BIN)/modelops run --all-namespaces

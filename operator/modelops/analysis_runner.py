@@ -4,11 +4,19 @@ The grouping is what makes analysis scale: queries are grouped by namespace, mod
 version, so ``n`` canaries with the same kind of checks cost the same few queries as one.
 """
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from modelops.api.v1alpha1 import Check
-from modelops.planning.analysis import Evaluation, QueryResult, evaluate, sample_query, value_query
+from modelops.planning.analysis import (
+    Evaluation,
+    QueryResult,
+    evaluate,
+    render_template,
+    sample_query,
+    single_sample,
+    value_query,
+)
 
 
 @dataclass(frozen=True)
@@ -26,12 +34,33 @@ class TickResult:
     queries: int
 
 
-def run_tick(canaries: Sequence[CanaryUnderAnalysis], query: Callable[[str], QueryResult]) -> TickResult:
-    """Evaluates every check of every canary, running each distinct PromQL once."""
+def _template_queries(canary: CanaryUnderAnalysis, check: Check, templates: Mapping[str, str | None]) -> tuple[str, str] | None:
+    text = templates.get(check.template or "")
+    if text is None:
+        return None
+    return (
+        render_template(text, canary.namespace, canary.name, canary.canary_version),
+        render_template(text, canary.namespace, canary.name, canary.stable_version),
+    )
+
+
+def run_tick(
+    canaries: Sequence[CanaryUnderAnalysis],
+    query: Callable[[str], QueryResult],
+    templates: Mapping[str, str | None] | None = None,
+) -> TickResult:
+    """Evaluates every check of every canary, running each distinct PromQL once.
+
+    ``templates`` maps ClusterMetricTemplate names to their query (None: not found). Template
+    checks are the one exception to grouping: their queries are rendered per version.
+    """
+    templates = templates or {}
     wanted: list[str] = []
     for canary in canaries:
         for check in canary.checks:
-            for promql in (value_query(check), sample_query(check)):
+            rendered = _template_queries(canary, check, templates) if check.type == "template" else None
+            candidates = rendered or ((value_query(check), sample_query(check)) if check.type != "template" else ())
+            for promql in candidates:
                 if promql is not None and promql not in wanted:
                     wanted.append(promql)
     results = {promql: query(promql) for promql in wanted}
@@ -39,17 +68,36 @@ def run_tick(canaries: Sequence[CanaryUnderAnalysis], query: Callable[[str], Que
     for canary in canaries:
         canary_key = (canary.namespace, canary.name, canary.canary_version)
         stable_key = (canary.namespace, canary.name, canary.stable_version)
-        evaluations[(canary.namespace, canary.name)] = {
-            check.name: evaluate(
-                check,
-                canary_key,
-                stable_key,
-                results[value_query(check)],
-                results[sample] if (sample := sample_query(check)) is not None else None,
+        verdicts: dict[str, Evaluation] = {}
+        for check in canary.checks:
+            if check.type == "template":
+                verdicts[check.name] = _evaluate_template(check, canary, canary_key, stable_key, templates, results)
+                continue
+            sample = sample_query(check)
+            verdicts[check.name] = evaluate(
+                check, canary_key, stable_key, results[value_query(check)], results[sample] if sample else None
             )
-            for check in canary.checks
-        }
+        evaluations[(canary.namespace, canary.name)] = verdicts
     return TickResult(evaluations, queries=len(wanted))
+
+
+def _evaluate_template(
+    check: Check,
+    canary: CanaryUnderAnalysis,
+    canary_key: tuple[str, str, str],
+    stable_key: tuple[str, str, str],
+    templates: Mapping[str, str | None],
+    results: Mapping[str, QueryResult],
+) -> Evaluation:
+    rendered = _template_queries(canary, check, templates)
+    if rendered is None:
+        return Evaluation("Error", reason=f"ClusterMetricTemplate {check.template} not found")
+    canary_query, stable_query = rendered
+    canary_result = single_sample(results[canary_query], canary_key)
+    stable_result = single_sample(results[stable_query], stable_key)
+    error = canary_result.error or stable_result.error
+    merged = QueryResult({**canary_result.values, **stable_result.values}, error=error)
+    return replace(evaluate(check, canary_key, stable_key, merged, None), query=canary_query)
 
 
 __all__ = ["CanaryUnderAnalysis", "Check", "TickResult", "run_tick"]

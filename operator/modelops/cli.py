@@ -44,11 +44,16 @@ def main() -> None:
 
 
 @main.command()
-def crd() -> None:
-    """Print the ModelDeployment CustomResourceDefinition (generated from the API models)."""
-    from modelops.api.crd import render_yaml
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help="Write one file per CRD here.")
+def crd(output_dir: Path | None) -> None:
+    """Print the CustomResourceDefinitions (generated from the API models), or write them to --output-dir."""
+    from modelops.api.crd import definitions, render_yaml
 
-    click.echo(render_yaml(), nl=False)
+    for file_name, definition in definitions().items():
+        if output_dir is None:
+            click.echo("---\n" + render_yaml(definition), nl=False)
+        else:
+            (output_dir / file_name).write_text(render_yaml(definition))
 
 
 @main.command()

@@ -255,13 +255,26 @@ def _query(memo: kopf.Memo, promql: str) -> QueryResult:
     return result
 
 
+def _templates(memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> dict[str, str | None]:
+    """The ClusterMetricTemplates the due checks use, each read once per tick."""
+    names = {check.template for canary, _ in due for check in canary.checks if check.template}
+    templates: dict[str, str | None] = {}
+    for name in sorted(names):
+        try:
+            templates[name] = memo.cluster.get_metric_template(name)
+        except ApiError as error:
+            log.warning("cannot read ClusterMetricTemplate %s: %s", name, error)
+            templates[name] = None
+    return templates
+
+
 def _analysis_tick(memo: kopf.Memo) -> None:
     with _guard:
         bodies = dict(_bodies)
     due = due_canaries(bodies, _now())
     if not due:
         return
-    tick = run_tick([canary for canary, _ in due], lambda promql: _query(memo, promql))
+    tick = run_tick([canary for canary, _ in due], lambda promql: _query(memo, promql), _templates(memo, due))
     metrics.analysis_tick_queries.set(tick.queries)
     metrics.analysis_tick_canaries.set(len(due))
     for canary, revision in due:

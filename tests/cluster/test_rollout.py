@@ -357,3 +357,55 @@ def test_the_operator_exports_its_own_metrics(rollout: Rollout, operator: Operat
     # Two checks (latency, errors) share one sample-count query: three queries per tick.
     assert samples[("modelops_analysis_tick_queries", ())] == 3
     assert samples[("modelops_reconcile_duration_seconds_count", ())] > 0
+
+
+SUCCESS_RATIO = (
+    'sum(rate(mlserve_requests_total{namespace="{{namespace}}", model="{{model}}", version="{{version}}", outcome="success"}[10s]))'
+    ' / sum(rate(mlserve_requests_total{namespace="{{namespace}}", model="{{model}}", version="{{version}}"}[10s]))'
+)
+
+
+@pytest.fixture
+def metric_template(admin_api: client.ApiClient, namespace: str) -> Iterator[str]:
+    custom = client.CustomObjectsApi(admin_api)
+    name = f"success-ratio-{namespace}"
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterMetricTemplate", "metadata": {"name": name},
+            "spec": {"query": SUCCESS_RATIO, "description": "share of successful requests"}}
+    custom.create_cluster_custom_object(GROUP, VERSION, "clustermetrictemplates", body)
+    yield name
+    custom.delete_cluster_custom_object(GROUP, VERSION, "clustermetrictemplates", name)
+
+
+def test_a_check_from_an_admin_template_gates_the_canary(rollout: Rollout, metric_template: str) -> None:
+    checks = [{"name": "success", "type": "template", "template": metric_template, "min": 0.9}]
+    start_stable(rollout, manifest(rollout.namespace, steps=[{"setWeight": 20}, {"pause": {"duration": "5m"}}], checks=checks))
+    canary = rollout.serve("2.0.0", latency_seconds=0.07)
+    rollout.release("2.0.0")
+    status = rollout.wait_for_status("the template check to pass", lambda s: (s.get("rollout") or {}).get("step") == 1)
+    [check] = status["rollout"]["checks"]
+    assert check["query"] == SUCCESS_RATIO.replace('"{{namespace}}"', f'"{rollout.namespace}"').replace(
+        '"{{model}}"', f'"{NAME}"').replace('"{{version}}"', '"2.0.0"')
+    assert check["value"] == pytest.approx(1.0)
+    canary.set(error_ratio=0.5)
+    status = rollout.wait_for_status("the rollback", lambda s: s.get("blockedRevision") is not None, timeout=60)
+    assert "check success" in status["blockedRevision"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ('rate(x{model="{{model}}"}[{{window}}])', "placeholders are {{namespace}}, {{model}} and {{version}}"),
+        ("rate(x{model={{model}}}[1m])", "each only as a quoted label value"),
+        ('rate(x{model=~"{{model}}"}[1m])', "never in a regular expression"),
+    ],
+)
+def test_templates_with_placeholders_outside_label_values_are_rejected(
+    operator: Operator, admin_api: client.ApiClient, query: str, message: str
+) -> None:
+    custom = client.CustomObjectsApi(admin_api)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterMetricTemplate", "metadata": {"name": "bad-template"},
+            "spec": {"query": query}}
+    with pytest.raises(client.ApiException) as rejected:
+        custom.create_cluster_custom_object(GROUP, VERSION, "clustermetrictemplates", body)
+    assert rejected.value.status == 422
+    assert message in rejected.value.body

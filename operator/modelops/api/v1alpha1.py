@@ -361,7 +361,7 @@ class RouterSpec(ApiModel):
     """Settings of the gatewayAPI router."""
 
 
-CheckType = Literal["latencyP99", "errorRate", "requestRate", "featureDrift", "fairnessGap"]
+CheckType = Literal["latencyP99", "errorRate", "requestRate", "featureDrift", "fairnessGap", "template"]
 
 
 class Check(ApiModel):
@@ -376,6 +376,10 @@ class Check(ApiModel):
                 ),
                 cel("!has(self.max) || !has(self.min) || self.min <= self.max", "min must not exceed max"),
                 cel("self.type != 'fairnessGap' || has(self.attribute)", "a fairnessGap check needs attribute"),
+                cel(
+                    "(self.type == 'template') == has(self.template)",
+                    "a check of type template needs template (a ClusterMetricTemplate name), and only it may have one",
+                ),
             ]
         }
     )
@@ -384,8 +388,11 @@ class Check(ApiModel):
     """Name shown in status and events."""
 
     type: CheckType
-    """latencyP99 (seconds), errorRate (0-1), requestRate (per second), featureDrift (PSI, higher is more drift)
-    or fairnessGap (demographic parity difference, 0-1)."""
+    """latencyP99 (seconds), errorRate (0-1), requestRate (per second), featureDrift (PSI, higher is more drift),
+    fairnessGap (demographic parity difference, 0-1), or template (the query of a ClusterMetricTemplate)."""
+
+    template: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """type template: the name of a ClusterMetricTemplate (cluster-scoped; admins own the PromQL)."""
 
     max: float | None = Field(default=None, ge=0)
     """Fail above this value."""
@@ -465,6 +472,50 @@ class RolloutSpec(ApiModel):
 
     skip_analysis: bool = False
     """Emergency switch: advance without judging checks."""
+
+
+TEMPLATE_PLACEHOLDERS = ("namespace", "model", "version")
+
+
+class ClusterMetricTemplateSpec(ApiModel):
+    """A PromQL query that admins own, for checks of type template."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.query.replace('\"{{namespace}}\"', '').replace('\"{{model}}\"', '')"
+                    ".replace('\"{{version}}\"', '').contains('{{')",
+                    'placeholders are {{namespace}}, {{model}} and {{version}}, each only as a quoted label value: '
+                    'label="{{model}}"',
+                    ".query",
+                ),
+                cel(
+                    "!self.query.contains('~\"{{')",
+                    "placeholders may only be used with =, never in a regular expression (=~ or !~)",
+                    ".query",
+                ),
+            ]
+        }
+    )
+
+    query: str = Field(min_length=1, max_length=4096)
+    """PromQL returning one sample for the version, for example
+    sum(rate(my_errors_total{namespace="{{namespace}}", model="{{model}}", version="{{version}}"}[2m])).
+    An empty result is NoData; several series are an Error."""
+
+    description: str | None = Field(default=None, max_length=1024)
+    """What the query measures."""
+
+
+class ClusterMetricTemplate(ApiModel):
+    """Cluster-scoped PromQL for canary checks. Only admins create these; ModelDeployments refer to them by name,
+    so an application team cannot write a query that always passes."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    spec: ClusterMetricTemplateSpec
+    """The query."""
 
 
 class ModelDeploymentSpec(ApiModel):

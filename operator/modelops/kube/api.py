@@ -84,6 +84,18 @@ class KubernetesClusterApi:
                 return None
             raise _error(error) from error
 
+    def get_metric_template(self, name: str) -> str | None:
+        """The query of ClusterMetricTemplate ``name`` (None when there is none)."""
+        try:
+            found = self._custom.get_cluster_custom_object(
+                v1alpha1.GROUP, v1alpha1.VERSION, "clustermetrictemplates", name, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+        return str((found.get("spec") or {}).get("query", "")) or None
+
     def _serialize(self, items: list[Any]) -> list[dict[str, Any]]:
         return [self._client.sanitize_for_serialization(item) for item in items]
 

@@ -30,6 +30,14 @@ SeriesKey = tuple[str, str, str]  # (namespace, model, version)
 GROUPING = "namespace, model, version"
 
 
+@dataclass(frozen=True)
+class QueryResult:
+    """One executed query: values by (namespace, model, version), or the error that prevented it."""
+
+    values: Mapping[SeriesKey, float]
+    error: str | None = None
+
+
 def escape_label_value(value: str) -> str:
     """A PromQL string literal for ``value``, quotes included.
 
@@ -45,8 +53,34 @@ def _window(check: Check) -> str:
     return check.window
 
 
+def render_template(query: str, namespace: str, model: str, version: str) -> str:
+    """A ClusterMetricTemplate's query for one version: each quoted placeholder becomes an escaped literal.
+
+    >>> print(render_template('up{model="{{model}}", version="{{version}}"}', "ml", "m", 'v"1'))
+    up{model="m", version="v\\"1"}
+    """
+    for placeholder, value in (("namespace", namespace), ("model", model), ("version", version)):
+        query = query.replace(f'"{{{{{placeholder}}}}}"', escape_label_value(value))
+    return query
+
+
+def single_sample(result: QueryResult, key: SeriesKey) -> QueryResult:
+    """A per-version template answer as a result keyed like grouped ones: one sample, or NoData, or Error."""
+    if result.error is not None:
+        return result
+    if len(result.values) > 1:
+        return QueryResult({}, error=f"the template returned {len(result.values)} series for version {key[2]}, need one")
+    return QueryResult({key: value for value in result.values.values()})
+
+
 def value_query(check: Check) -> str:
-    """The PromQL for the check's value, grouped by namespace, model and version."""
+    """The PromQL for the check's value, grouped by namespace, model and version.
+
+    Template checks have no grouped query: their text comes from a ClusterMetricTemplate and is
+    rendered per version (:func:`render_template`); this returns a reference to it.
+    """
+    if check.type == "template":
+        return f"ClusterMetricTemplate/{check.template}"
     window = _window(check)
     if check.type == "latencyP99":
         return (
@@ -77,7 +111,10 @@ def value_query(check: Check) -> str:
 
 
 def sample_query(check: Check) -> str | None:
-    """The PromQL counting the samples behind the check's value (None: no sample guard applies)."""
+    """The PromQL counting the samples behind the check's value (None: no sample guard applies;
+    a template encodes its own guard by returning nothing when data is insufficient)."""
+    if check.type == "template":
+        return None
     window = _window(check)
     if check.type in ("latencyP99", "errorRate", "requestRate"):
         return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
@@ -109,21 +146,14 @@ def threshold_text(check: Check) -> str:
 
 
 @dataclass(frozen=True)
-class QueryResult:
-    """One executed query: values by (namespace, model, version), or the error that prevented it."""
-
-    values: Mapping[SeriesKey, float]
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class Evaluation:
-    """A check's verdict for one canary."""
+    """A check's verdict for one canary (``query``: the PromQL behind it, when not the grouped one)."""
 
     verdict: Verdict
     value: float | None = None
     stable_value: float | None = None
     reason: str = ""
+    query: str = ""
 
 
 def _finite(value: float | None) -> bool:

@@ -183,7 +183,7 @@ def _apply_evaluations(run: _Run, evaluations: Mapping[str, Evaluation]) -> None
         updated.append(
             current.model_copy(
                 update={
-                    "query": value_query(spec_check)[:4096],
+                    "query": (evaluation.query or value_query(spec_check))[:4096],
                     "threshold": threshold_text(spec_check),
                     "value": evaluation.value,
                     "stable_value": evaluation.stable_value,

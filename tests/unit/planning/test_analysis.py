@@ -132,3 +132,48 @@ def test_a_nan_stable_value_never_reaches_status() -> None:
 
 def test_threshold_text() -> None:
     assert threshold_text(check(min=1, max=2, maxRatioToStable=1.2)) == ">= 1 and <= 2 and <= 1.2 x stable"
+
+
+def test_template_queries_are_rendered_per_version_with_escaped_literals() -> None:
+    from modelops.analysis_runner import CanaryUnderAnalysis, run_tick
+
+    template_check = Check.model_validate({"name": "custom", "type": "template", "template": "ok-ratio", "min": 0.9})
+    canaries = [CanaryUnderAnalysis("ml", "fraud", "2.1.0", "2.2.0", [template_check])]
+    asked: list[str] = []
+
+    def query(promql: str) -> QueryResult:
+        asked.append(promql)
+        return QueryResult({("", "", ""): 0.95 if 'version="2.2.0"' in promql else 0.99})
+
+    text = 'sum(rate(ok{namespace="{{namespace}}", model="{{model}}", version="{{version}}"}[1m]))'
+    tick = run_tick(canaries, query, {"ok-ratio": text})
+    assert asked == [
+        'sum(rate(ok{namespace="ml", model="fraud", version="2.2.0"}[1m]))',
+        'sum(rate(ok{namespace="ml", model="fraud", version="2.1.0"}[1m]))',
+    ]
+    evaluation = tick.evaluations[("ml", "fraud")]["custom"]
+    assert (evaluation.verdict, evaluation.value, evaluation.stable_value) == ("Pass", 0.95, 0.99)
+    assert evaluation.query == asked[0]
+
+
+def test_a_missing_template_or_an_ambiguous_answer_is_an_error() -> None:
+    from modelops.analysis_runner import CanaryUnderAnalysis, run_tick
+
+    template_check = Check.model_validate({"name": "custom", "type": "template", "template": "gone", "max": 1})
+    canaries = [CanaryUnderAnalysis("ml", "fraud", "1", "2", [template_check])]
+    tick = run_tick(canaries, lambda q: QueryResult({}), {"gone": None})
+    assert tick.evaluations[("ml", "fraud")]["custom"].verdict == "Error"
+    two = QueryResult({("a", "", ""): 1.0, ("b", "", ""): 2.0})
+    tick = run_tick(canaries, lambda q: two, {"gone": 'x{version="{{version}}"}'})
+    assert tick.evaluations[("ml", "fraud")]["custom"].reason == "the template returned 2 series for version 2, need one"
+
+
+def test_one_tick_makes_the_same_queries_for_one_canary_or_fifty() -> None:
+    from modelops.analysis_runner import CanaryUnderAnalysis, run_tick
+
+    checks = [check(name="latency"), check(name="errors", type="errorRate", max=0.01), check(name="rate", type="requestRate", min=1)]
+    counts = []
+    for count in (1, 50):
+        canaries = [CanaryUnderAnalysis("ml", f"model-{i}", "1", "2", checks) for i in range(count)]
+        counts.append(run_tick(canaries, lambda q: QueryResult({})).queries)
+    assert counts == [4, 4]  # three value queries and one shared sample-count query
