@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 STATE_DIR ?= .devcluster
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean crd run
+.PHONY: help install test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean crd run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -54,3 +54,6 @@ crd: install ## regenerate crds/ from the API models
 
 run: install ## run the operator against $$KUBECONFIG (all namespaces)
 	$(BIN)/modelops run --all-namespaces
+
+bench: install ## benchmarks against the devcluster; results in bench/results/
+	$(BIN)/python -m bench.analysis_queries

@@ -2,6 +2,8 @@
 
 The grouping is what makes analysis scale: queries are grouped by namespace, model and
 version, so ``n`` canaries with the same kind of checks cost the same few queries as one.
+Each query is narrowed to the due canaries' namespaces and models (``scope_matchers``), so
+Prometheus reads only their series, not every model's in the cluster.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +16,7 @@ from modelops.planning.analysis import (
     evaluate,
     render_template,
     sample_query,
+    scope_matchers,
     single_sample,
     value_query,
 )
@@ -55,11 +58,12 @@ def run_tick(
     checks are the one exception to grouping: their queries are rendered per version.
     """
     templates = templates or {}
+    scope = scope_matchers((canary.namespace, canary.name) for canary in canaries)
     wanted: list[str] = []
     for canary in canaries:
         for check in canary.checks:
             rendered = _template_queries(canary, check, templates) if check.type == "template" else None
-            candidates = rendered or ((value_query(check), sample_query(check)) if check.type != "template" else ())
+            candidates = rendered or ((value_query(check, scope), sample_query(check, scope)) if check.type != "template" else ())
             for promql in candidates:
                 if promql is not None and promql not in wanted:
                     wanted.append(promql)
@@ -73,9 +77,9 @@ def run_tick(
             if check.type == "template":
                 verdicts[check.name] = _evaluate_template(check, canary, canary_key, stable_key, templates, results)
                 continue
-            sample = sample_query(check)
+            sample = sample_query(check, scope)
             verdicts[check.name] = evaluate(
-                check, canary_key, stable_key, results[value_query(check)], results[sample] if sample else None
+                check, canary_key, stable_key, results[value_query(check, scope)], results[sample] if sample else None
             )
         evaluations[(canary.namespace, canary.name)] = verdicts
     return TickResult(evaluations, queries=len(wanted))

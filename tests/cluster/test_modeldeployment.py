@@ -403,3 +403,12 @@ def test_the_operator_deployment_is_admitted_under_the_restricted_pod_security_s
         core.create_namespaced_pod(namespace, privileged)
     assert refused.value.status == 403
     assert "violates PodSecurity" in refused.value.body
+
+
+def test_every_example_is_accepted_by_the_apiserver(operator: Operator, kubectl: Kubectl, namespace: str) -> None:
+    for path in sorted(EXAMPLE.parent.glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        document["metadata"]["namespace"] = namespace
+        result = kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(document), check=False)
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        assert "created (server dry run)" in result.stdout

@@ -70,3 +70,10 @@ def test_the_example_parses_with_the_models() -> None:
 def test_pydantic_refuses_unknown_fields_like_the_schema() -> None:
     with pytest.raises(ValidationError, match="checksum"):
         v1alpha1.ModelSpec.model_validate({"version": "1", "uri": "s3://x/", "checksum": "abc"})
+
+
+def test_every_example_parses_with_the_models() -> None:
+    for path in sorted((COMMITTED.parents[1] / "examples").glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        assert document["kind"] == "ModelDeployment", path
+        v1alpha1.ModelDeployment.model_validate(document)

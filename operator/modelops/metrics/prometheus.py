@@ -35,7 +35,7 @@ class PrometheusConfig:
 class Prometheus:
     """Runs instant queries; every failure becomes ``QueryResult(error=...)``, never an exception."""
 
-    def __init__(self, config: PrometheusConfig) -> None:
+    def __init__(self, config: PrometheusConfig, transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
         verify: ssl.SSLContext | bool = True
         if config.ca_file is not None:
@@ -44,6 +44,7 @@ class Prometheus:
             base_url=config.url.rstrip("/"),
             verify=verify,
             timeout=httpx.Timeout(config.timeout_seconds + 1.0, connect=min(config.timeout_seconds, 3.0)),
+            transport=transport,
         )
 
     def close(self) -> None:

@@ -21,7 +21,8 @@ restricts them further.
 """
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from modelops.api.v1alpha1 import Check, Verdict, duration_seconds
@@ -73,7 +74,25 @@ def single_sample(result: QueryResult, key: SeriesKey) -> QueryResult:
     return QueryResult({key: value for value in result.values.values()})
 
 
-def value_query(check: Check) -> str:
+SCOPE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def scope_matchers(keys: Iterable[tuple[str, str]]) -> str:
+    """Extra matchers that limit a grouped query to the given (namespace, model) pairs' series.
+
+    Namespaces and ModelDeployment names are DNS labels, so they are safe in a regular
+    expression as they are; anything else disables the narrowing rather than risk it.
+
+    >>> scope_matchers([("ml", "fraud"), ("ml", "churn")])
+    ', namespace=~"ml", model=~"churn|fraud"'
+    """
+    namespaces, models = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
+    if not namespaces or not all(SCOPE_NAME.match(name) for name in (*namespaces, *models)):
+        return ""
+    return f', namespace=~"{"|".join(namespaces)}", model=~"{"|".join(models)}"'
+
+
+def value_query(check: Check, scope: str = "") -> str:
     """The PromQL for the check's value, grouped by namespace, model and version.
 
     Template checks have no grouped query: their text comes from a ClusterMetricTemplate and is
@@ -85,45 +104,45 @@ def value_query(check: Check) -> str:
     if check.type == "latencyP99":
         return (
             f"histogram_quantile(0.99, sum by ({GROUPING}, le) "
-            f'(rate(mlserve_request_duration_seconds_bucket{{endpoint="infer"}}[{window}])))'
+            f'(rate(mlserve_request_duration_seconds_bucket{{endpoint="infer"{scope}}}[{window}])))'
         )
     if check.type == "errorRate":
-        requests = f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
+        requests = f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
         errors = (
             f"sum by ({GROUPING}) (rate(mlserve_requests_total"
-            f'{{endpoint="infer", outcome=~"server_error|timeout"}}[{window}]))'
+            f'{{endpoint="infer", outcome=~"server_error|timeout"{scope}}}[{window}]))'
         )
         # "or 0 * requests": a version with traffic and no errors has no error series at all.
         return f"({errors} or 0 * {requests}) / {requests}"
     if check.type == "requestRate":
-        return f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
+        return f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
     if check.type == "featureDrift":
         feature = f", feature={escape_label_value(check.feature)}" if check.feature else ""
-        return f'max by ({GROUPING}) (mlmon_feature_drift_score{{method="psi"{feature}}})'
+        return f'max by ({GROUPING}) (mlmon_feature_drift_score{{method="psi"{feature}{scope}}})'
     if check.type == "fairnessGap":
         assert check.attribute is not None  # guaranteed by the CRD's CEL rule
         attribute = escape_label_value(check.attribute)
-        positive = f'sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}, predicted="1"}}[{window}]))'
-        total = f"sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}}}[{window}]))"
+        positive = f'sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}, predicted="1"{scope}}}[{window}]))'
+        total = f"sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}{scope}}}[{window}]))"
         rate = f"(({positive} or 0 * {total}) / {total})"
         return f"max by ({GROUPING}) {rate} - min by ({GROUPING}) {rate}"
     raise ValueError(f"unknown check type {check.type!r}")
 
 
-def sample_query(check: Check) -> str | None:
+def sample_query(check: Check, scope: str = "") -> str | None:
     """The PromQL counting the samples behind the check's value (None: no sample guard applies;
     a template encodes its own guard by returning nothing when data is insufficient)."""
     if check.type == "template":
         return None
     window = _window(check)
     if check.type in ("latencyP99", "errorRate", "requestRate"):
-        return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{endpoint="infer"}}[{window}]))'
+        return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
     if check.type == "featureDrift":
-        return f'min by ({GROUPING}) (mlmon_window_samples{{window="current"}})'
+        return f'min by ({GROUPING}) (mlmon_window_samples{{window="current"{scope}}})'
     if check.type == "fairnessGap":
         assert check.attribute is not None
         attribute = escape_label_value(check.attribute)
-        per_group = f"sum by ({GROUPING}, group) (increase(mlserve_group_predictions_total{{attribute={attribute}}}[{window}]))"
+        per_group = f"sum by ({GROUPING}, group) (increase(mlserve_group_predictions_total{{attribute={attribute}{scope}}}[{window}]))"
         return f"min by ({GROUPING}) ({per_group})"  # the smallest group decides
     return None
 

@@ -177,3 +177,13 @@ def test_one_tick_makes_the_same_queries_for_one_canary_or_fifty() -> None:
         canaries = [CanaryUnderAnalysis("ml", f"model-{i}", "1", "2", checks) for i in range(count)]
         counts.append(run_tick(canaries, lambda q: QueryResult({})).queries)
     assert counts == [4, 4]  # three value queries and one shared sample-count query
+
+
+def test_grouped_queries_are_narrowed_to_the_due_canaries() -> None:
+    from modelops.planning.analysis import scope_matchers
+
+    scope = scope_matchers([("ml", "fraud"), ("risk", "churn")])
+    assert scope == ', namespace=~"ml|risk", model=~"churn|fraud"'
+    query = value_query(check(type="errorRate", max=0.1), scope)
+    assert query.count('namespace=~"ml|risk", model=~"churn|fraud"') == 3  # every selector in the query
+    assert scope_matchers([("ml", "Not.A.Label")]) == ""  # never a regex built from unexpected text
