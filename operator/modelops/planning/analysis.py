@@ -77,19 +77,25 @@ def single_sample(result: QueryResult, key: SeriesKey) -> QueryResult:
 SCOPE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+SCOPE_LIMIT = 10  # beyond this many alternatives a regex costs Prometheus more than reading every series
+
+
 def scope_matchers(keys: Iterable[tuple[str, str]]) -> str:
     """Extra matchers that limit a grouped query to the given (namespace, model) pairs' series.
 
     Namespaces and ModelDeployment names are DNS labels, so they are safe in a regular
-    expression as they are; anything else disables the narrowing rather than risk it.
+    expression as they are; anything else disables the narrowing rather than risk it. Each
+    label is narrowed only while it has at most ``SCOPE_LIMIT`` values (bench/README.md).
 
     >>> scope_matchers([("ml", "fraud"), ("ml", "churn")])
     ', namespace=~"ml", model=~"churn|fraud"'
     """
-    namespaces, models = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
+    pairs = list(keys)
+    namespaces, models = sorted({pair[0] for pair in pairs}), sorted({pair[1] for pair in pairs})
     if not namespaces or not all(SCOPE_NAME.match(name) for name in (*namespaces, *models)):
         return ""
-    return f', namespace=~"{"|".join(namespaces)}", model=~"{"|".join(models)}"'
+    matchers = [(label, values) for label, values in (("namespace", namespaces), ("model", models)) if len(values) <= SCOPE_LIMIT]
+    return "".join(f', {label}=~"{"|".join(values)}"' for label, values in matchers)
 
 
 def value_query(check: Check, scope: str = "") -> str:

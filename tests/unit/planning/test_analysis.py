@@ -187,3 +187,4 @@ def test_grouped_queries_are_narrowed_to_the_due_canaries() -> None:
     query = value_query(check(type="errorRate", max=0.1), scope)
     assert query.count('namespace=~"ml|risk", model=~"churn|fraud"') == 3  # every selector in the query
     assert scope_matchers([("ml", "Not.A.Label")]) == ""  # never a regex built from unexpected text
+    assert scope_matchers(pair for pair in [("ml", "fraud")]) == ', namespace=~"ml", model=~"fraud"'  # any iterable
