@@ -183,6 +183,58 @@ for _action in ACTION_HELP:
     kubectl_plugin.add_command(_action_command(_action))
 
 
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, envvar="MODEL_PORT")
+def serve(host: str, port: int) -> None:
+    """Serve the model named by MODEL_NAME, MODEL_VERSION, MODEL_URI (and MODEL_DIGEST, MODEL_FORMAT,
+    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES) over the Open Inference Protocol."""
+    import logging
+
+    from modelops.serving.server import ServerConfig
+    from modelops.serving.server import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_server(ServerConfig.from_environment(), host, port)
+
+
+@main.group()
+def profile() -> None:
+    """Reference profiles for drift measurement."""
+
+
+@profile.command("build")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Profile JSON to write.")
+@click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True, help="Quantile bins per numeric feature.")
+@click.option("--exclude", multiple=True, help="Columns to leave out (for example the target).")
+def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...]) -> None:
+    """Build a reference profile from training data (CSV with a header row)."""
+    import csv
+    import json
+
+    from modelops.serving.drift import build_profile
+
+    with data.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise click.ClickException(f"{data} has no header row")
+        columns: dict[str, list[str]] = {name: [] for name in reader.fieldnames if name not in exclude}
+        for line, row in enumerate(reader, start=2):
+            for name in columns:
+                if row.get(name) in (None, ""):
+                    raise click.ClickException(f"{data}:{line}: column {name} is empty")
+                columns[name].append(row[name])
+    if not columns or not next(iter(columns.values())):
+        raise click.ClickException(f"{data} has no data rows")
+    try:
+        built = build_profile(columns, bins=bins)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    output.write_text(json.dumps(built.to_json(), indent=1))
+    click.echo(f"profile of {len(built.features)} features from {built.rows} rows: {output} ({built.digest})")
+
+
 @main.group()
 def devcluster() -> None:
     """A real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) and Prometheus."""

@@ -1,0 +1,2 @@
+"""The reference model server (`modelops serve`): Open Inference Protocol, digest-verified
+artifacts, the metrics contract, and drift and fairness measurement in-process."""

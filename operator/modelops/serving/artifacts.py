@@ -1,0 +1,147 @@
+"""Loading a model artifact exactly as released: fetch, verify the digest, decode.
+
+``MODEL_URI`` may be ``file://<path>`` or ``http(s)://...`` (a file, not a folder). When
+``MODEL_DIGEST`` is set, the SHA-256 of the fetched bytes must equal it, or the artifact is
+refused: what runs under a version is exactly what was released under it.
+
+Formats:
+
+- ``sklearn``: a joblib pickle of a fitted estimator with ``predict`` (and ``n_features_in_``).
+  Pickles run code when loaded: only load artifacts you trust; the digest check is what ties
+  the bytes to a reviewed release.
+- ``linear-json`` (dependency-free, for tests and demos): ``{"type": "linear", "kind":
+  "classifier"|"regressor", "features": [...], "coefficients": [...], "intercept": x,
+  "threshold": 0.5}``. Selected for ``MODEL_FORMAT=custom`` with a JSON document.
+"""
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import httpx
+import numpy as np
+
+MAX_ARTIFACT_BYTES = 1 << 30
+DOWNLOAD_TIMEOUT_SECONDS = 60
+
+
+class ArtifactError(Exception):
+    """The artifact cannot be served; the message says why and what to change."""
+
+
+class Predictor(Protocol):
+    n_features: int
+
+    def predict(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """y = x·w + b; a classifier answers 1 when the logistic of y reaches the threshold."""
+
+    kind: str
+    features: tuple[str, ...]
+    coefficients: np.ndarray
+    intercept: float
+    threshold: float = 0.5
+
+    @property
+    def n_features(self) -> int:
+        return len(self.coefficients)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        scores = rows @ self.coefficients + self.intercept
+        if self.kind == "regressor":
+            return scores
+        return (1.0 / (1.0 + np.exp(-scores)) >= self.threshold).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class SklearnModel:
+    estimator: Any
+
+    @property
+    def n_features(self) -> int:
+        return int(getattr(self.estimator, "n_features_in_", 0))
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict(rows))
+
+
+def fetch(uri: str) -> bytes:
+    """The artifact's bytes from file:// or http(s)://."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        if not path.is_file():
+            raise ArtifactError(f"MODEL_URI {uri}: no such file")
+        if path.stat().st_size > MAX_ARTIFACT_BYTES:
+            raise ArtifactError(f"MODEL_URI {uri}: larger than {MAX_ARTIFACT_BYTES} bytes")
+        return path.read_bytes()
+    if parsed.scheme in ("http", "https"):
+        try:
+            with httpx.stream("GET", uri, timeout=DOWNLOAD_TIMEOUT_SECONDS, follow_redirects=True) as response:
+                response.raise_for_status()
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_ARTIFACT_BYTES:
+                        raise ArtifactError(f"MODEL_URI {uri}: larger than {MAX_ARTIFACT_BYTES} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as error:
+            raise ArtifactError(f"MODEL_URI {uri}: download failed ({type(error).__name__}: {error})") from error
+    raise ArtifactError(f"MODEL_URI {uri}: this server loads file:// and http(s):// URIs only")
+
+
+def verify(data: bytes, digest: str | None) -> str:
+    """The artifact's sha256 digest; raises when ``digest`` is given and differs."""
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest and digest != actual:
+        raise ArtifactError(f"digest mismatch: MODEL_DIGEST is {digest} but the artifact is {actual}; refusing to serve it")
+    return actual
+
+
+def decode(data: bytes, model_format: str) -> Predictor:
+    if model_format == "sklearn":
+        import joblib
+
+        try:
+            return SklearnModel(joblib.load(io.BytesIO(data)))
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
+            raise ArtifactError(f"not a joblib scikit-learn artifact: {type(error).__name__}: {error}") from error
+    if model_format in ("custom", "linear-json"):
+        try:
+            document = json.loads(data)
+        except ValueError as error:
+            raise ArtifactError("MODEL_FORMAT custom expects a linear-json document") from error
+        return linear_model(document)
+    raise ArtifactError(f"MODEL_FORMAT {model_format} is not supported by this server (sklearn, custom)")
+
+
+def linear_model(document: dict[str, Any]) -> LinearModel:
+    if document.get("type") != "linear":
+        raise ArtifactError('a linear-json artifact needs "type": "linear"')
+    coefficients = np.asarray(document["coefficients"], dtype=float)
+    features: Sequence[str] = document.get("features") or [f"x{i}" for i in range(len(coefficients))]
+    if len(features) != len(coefficients):
+        raise ArtifactError(f"{len(features)} feature names for {len(coefficients)} coefficients")
+    return LinearModel(
+        kind=str(document.get("kind", "classifier")),
+        features=tuple(features),
+        coefficients=coefficients,
+        intercept=float(document.get("intercept", 0.0)),
+        threshold=float(document.get("threshold", 0.5)),
+    )
+
+
+def load(uri: str, digest: str | None, model_format: str) -> tuple[Predictor, str]:
+    """The verified, decoded model and its actual digest."""
+    data = fetch(uri)
+    actual = verify(data, digest)
+    return decode(data, model_format), actual

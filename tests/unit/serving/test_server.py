@@ -1,0 +1,196 @@
+"""The reference server's protocol contract, error paths, digest refusal and metrics, over real HTTP."""
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelops.serving.drift import build_profile
+from modelops.serving.server import ServerConfig, create
+
+LINEAR = {"type": "linear", "kind": "classifier", "features": ["a", "b"], "coefficients": [1.0, -1.0], "intercept": 0.0}
+
+
+class RunningServer:
+    """An aiohttp app on 127.0.0.1 in a thread of its own."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.app, self.state = create(config)
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(self.app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+
+    def close(self) -> None:
+        self.http.close()
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = self.http.get("/metrics").text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+def artifact(tmp_path: Path, document: dict[str, Any] = LINEAR) -> tuple[str, str]:
+    path = tmp_path / "model.json"
+    path.write_bytes(json.dumps(document).encode())
+    return path.as_uri(), "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    uri, digest = artifact(tmp_path)
+    config = ServerConfig("fraud", "2.0", uri, digest, "custom", sensitive_attributes=("sex",))
+    running = RunningServer(config)
+    yield running
+    running.close()
+
+
+def infer(server: RunningServer, rows: list[list[float]], **extra: Any) -> httpx.Response:
+    data = [value for row in rows for value in row]
+    body = {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": data}, *extra.get("inputs", [])]}
+    return server.http.post("/v2/models/fraud/infer", json=body)
+
+
+def test_health_metadata_and_inference(server: RunningServer) -> None:
+    assert server.http.get("/v2/health/live").json() == {"live": True}
+    assert server.http.get("/v2/health/ready").status_code == 200
+    assert server.http.get("/v2/models/fraud/ready").json() == {"name": "fraud", "ready": True}
+    metadata = server.http.get("/v2/models/fraud").json()
+    assert metadata["versions"] == ["2.0"] and metadata["inputs"][0]["shape"] == [-1, 2]
+    answer = infer(server, [[2.0, 1.0], [0.0, 3.0]])
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["model_name"], body["model_version"]) == ("fraud", "2.0")
+    assert body["outputs"][0] == {"name": "predict", "shape": [2], "datatype": "INT64", "data": [1, 0]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ("not json", 400, "the body is not JSON"),
+        ({}, 400, '"inputs": a non-empty list'),
+        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64"}]}, 400, "has no data"),
+        ({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, "needs 4 values, got 3"),
+        ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, "expects 2 features per row, got 3"),
+        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "BOOL", "data": [1, 2]}]}, 400, "datatype BOOL is not one of"),
+        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": ["a", "b"]}]}, 400, "data is not FP64"),
+        ({"inputs": [{"name": "x", "shape": [1, 1, 2], "datatype": "FP64", "data": [1, 2]}]}, 400, "shape must be"),
+        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, float("nan")]}]}, 400, "NaN or infinite"),
+    ],
+)
+def test_bad_requests_get_a_4xx_that_names_the_problem(server: RunningServer, body: Any, status: int, message: str) -> None:
+    content = body if isinstance(body, str) else json.dumps(body)
+    answer = server.http.post("/v2/models/fraud/infer", content=content, headers={"Content-Type": "application/json"})
+    assert answer.status_code == status
+    assert message in answer.json()["error"]
+    assert server.http.get("/v2/health/live").status_code == 200  # still alive
+
+
+def test_unknown_model_and_oversized_body(server: RunningServer) -> None:
+    answer = server.http.post("/v2/models/other/infer", json={"inputs": []})
+    assert answer.status_code == 404 and "unknown model 'other'" in answer.json()["error"]
+    huge = b'{"inputs": [' + b" " * (17 * 1024 * 1024) + b"]}"
+    answer = server.http.post("/v2/models/fraud/infer", content=huge, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+
+
+def test_a_digest_mismatch_is_refused_and_never_ready(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uri, _ = artifact(tmp_path)
+    running = RunningServer(ServerConfig("fraud", "2.0", uri, "sha256:" + "0" * 64, "custom"))
+    try:
+        ready = running.http.get("/v2/models/fraud/ready")
+        assert ready.status_code == 503
+        assert "digest mismatch: MODEL_DIGEST is sha256:000" in ready.json()["error"]
+        assert running.http.get("/v2/health/live").status_code == 200
+        assert infer(running, [[1.0, 2.0]]).status_code == 503
+        assert running.metrics()[("mlserve_model_ready", (("model", "fraud"), ("version", "2.0")))] == 0
+    finally:
+        running.close()
+    assert any("NOT ready: digest mismatch" in record.getMessage() for record in caplog.records)
+
+
+def test_metrics_after_a_known_sequence_of_requests(server: RunningServer) -> None:
+    sexes = {"name": "sex", "shape": [3], "datatype": "BYTES", "data": ["f", "m", "f"]}
+    assert infer(server, [[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]], inputs=[sexes]).status_code == 200
+    assert infer(server, [[1.0, 2.0, 3.0]]).status_code == 400
+    samples = server.metrics()
+    model = (("model", "fraud"), ("version", "2.0"))
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted((*model, *labels.items()))))]
+
+    assert value("mlserve_requests_total", protocol="rest", endpoint="infer", outcome="success") == 1
+    assert value("mlserve_requests_total", protocol="rest", endpoint="infer", outcome="client_error") == 1
+    assert value("mlserve_request_duration_seconds_count", protocol="rest", endpoint="infer") == 2
+    assert value("mlserve_predictions_total", **{"class": "1"}) == 2
+    assert value("mlserve_predictions_total", **{"class": "0"}) == 1
+    assert value("mlserve_group_predictions_total", attribute="sex", group="f", predicted="1") == 2
+    assert value("mlserve_group_predictions_total", attribute="sex", group="m", predicted="0") == 1
+    digest = server.state.digest
+    assert value("mlserve_model_info", framework="custom", artifact_digest=digest or "") == 1
+
+
+def test_drift_scores_appear_only_with_enough_samples_and_rise_with_a_shift(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    reference = {"a": [str(v) for v in rng.normal(0, 1, 3000)], "b": [str(v) for v in rng.normal(0, 1, 3000)]}
+    profile_path = tmp_path / "profile.json"
+    profile_path.write_text(json.dumps(build_profile(reference, bins=10).to_json()))
+    uri, digest = artifact(tmp_path)
+    config = ServerConfig("fraud", "2.0", uri, digest, "custom", profile_uri=profile_path.as_uri(), drift_interval_seconds=3600)
+    running = RunningServer(config)
+    try:
+        from modelops.serving.server import evaluate_drift
+
+        infer(running, rng.normal(0, 1, (100, 2)).tolist())
+        evaluate_drift(running.state, 1.0)
+        samples = running.metrics()
+        assert not [key for key in samples if key[0] == "mlmon_feature_drift_score"]  # 100 < 500: no score at all
+        assert samples[("mlmon_window_samples", (("model", "fraud"), ("version", "2.0"), ("window", "current")))] == 100
+        infer(running, rng.normal(0, 1, (900, 2)).tolist())
+        evaluate_drift(running.state, 2.0)
+        quiet = running.metrics()[("mlmon_feature_drift_score", (("feature", "a"), ("method", "psi"), ("model", "fraud"), ("version", "2.0")))]
+        infer(running, rng.normal(2, 1, (2000, 2)).tolist())  # the window (2000) now holds only shifted data
+        evaluate_drift(running.state, 3.0)
+        shifted = running.metrics()[("mlmon_feature_drift_score", (("feature", "a"), ("method", "psi"), ("model", "fraud"), ("version", "2.0")))]
+        assert quiet < 0.1 < 1.0 < shifted
+        assert running.metrics()[("mlmon_last_run_timestamp_seconds", (("model", "fraud"), ("version", "2.0")))] == 3.0
+    finally:
+        running.close()
+
+
+def test_a_scikit_learn_artifact_is_served(tmp_path: Path) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (200, 3))
+    labels = (features[:, 0] > 0).astype(int)
+    path = tmp_path / "model.joblib"
+    joblib.dump(LogisticRegression().fit(features, labels), path)
+    running = RunningServer(ServerConfig("fraud", "3.0", path.as_uri(), None, "sklearn"))
+    try:
+        answer = infer(running, [[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0]])
+        assert answer.json()["outputs"][0]["data"] == [1, 0]
+    finally:
+        running.close()
