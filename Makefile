@@ -55,5 +55,6 @@ crd: install ## regenerate crds/ from the API models
 run: install ## run the operator against $$KUBECONFIG (all namespaces)
 	$(BIN)/modelops run --all-namespaces
 
-bench: install ## benchmarks against the devcluster; results in bench/results/
+bench: install ## benchmarks (devcluster, real Prometheus, real servers); results in bench/results/
 	$(BIN)/python -m bench.analysis_queries
+	$(BIN)/python -m bench.serving $(if $(MLSERVER_BIN),--mlserver-bin $(MLSERVER_BIN))

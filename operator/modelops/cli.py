@@ -282,6 +282,19 @@ def up(state_dir: Path, nodes: int, apiserver_port: int, prometheus_port: int, t
     )
 
 
+def _running_cluster(state_dir: Path) -> cluster.ClusterState:
+    """The recorded cluster, or exit 1 with a one-line error saying how to start one."""
+    try:
+        state = cluster.load_state(state_layout(state_dir))
+    except DevclusterError as error:
+        _fail(error)
+        raise  # unreachable: _fail exits
+    if state is None:
+        click.echo(f"error: no devcluster in {state_layout(state_dir).root}: run `modelops devcluster up`", err=True)
+        sys.exit(1)
+    return state
+
+
 @devcluster.command()
 @_state_dir_option
 def down(state_dir: Path) -> None:
@@ -296,14 +309,7 @@ def down(state_dir: Path) -> None:
 @_state_dir_option
 def status(state_dir: Path) -> None:
     """Report each component's health; exit 1 unless all are healthy."""
-    try:
-        state = cluster.load_state(state_layout(state_dir))
-    except DevclusterError as error:
-        _fail(error)
-        return
-    if state is None:
-        click.echo(f"no devcluster in {state_layout(state_dir).root}: run `modelops devcluster up`")
-        sys.exit(1)
+    state = _running_cluster(state_dir)
     statuses = cluster.check(state)
     for item in statuses:
         health = "healthy" if item.healthy else ("UNHEALTHY" if item.running else "DOWN")
@@ -319,14 +325,7 @@ def status(state_dir: Path) -> None:
 @_state_dir_option
 def env(state_dir: Path) -> None:
     """Print `export KUBECONFIG=... PROMETHEUS_URL=...` for `eval "$(modelops devcluster env)"`."""
-    try:
-        state = cluster.load_state(state_layout(state_dir))
-    except DevclusterError as error:
-        _fail(error)
-        return
-    if state is None:
-        click.echo(f"error: no devcluster in {state_layout(state_dir).root}: run `modelops devcluster up`", err=True)
-        sys.exit(1)
+    state = _running_cluster(state_dir)
     click.echo(cluster.env_exports(state))
 
 
