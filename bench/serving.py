@@ -92,8 +92,8 @@ def load(hey: str, url: str, body: Path, seconds: int, concurrency: int) -> dict
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p50 = float(re.search(r"50% in ([\d.]+) secs", output).group(1))  # type: ignore[union-attr]
-    p99 = float(re.search(r"99% in ([\d.]+) secs", output).group(1))  # type: ignore[union-attr]
+    p50 = float(re.search(r"50%+ in ([\d.]+) secs", output).group(1))  # type: ignore[union-attr]
+    p99 = float(re.search(r"99%+ in ([\d.]+) secs", output).group(1))  # type: ignore[union-attr]
     statuses = re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)
     errors = sum(int(count) for status, count in statuses if status != "200")
     return {"rps": rps, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000, "non_200": errors}

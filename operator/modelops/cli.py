@@ -157,6 +157,7 @@ ACTION_HELP = {
     "retry": "Retry a rolled-back revision (clears status.blockedRevision).",
     "pause": "Hold the canary where it is (stops the progress deadline).",
     "resume": "Continue a paused canary, or pass a pause step without duration.",
+    "retrain": "Start a retraining Job now (spec.retraining), unless one runs or the cooldown has not passed.",
 }
 
 

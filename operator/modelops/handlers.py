@@ -40,6 +40,7 @@ from modelops.metrics import operator_metrics as metrics
 from modelops.metrics.prometheus import Prometheus, PrometheusConfig
 from modelops.planning.analysis import Evaluation, QueryResult
 from modelops.planning.children import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from modelops.planning.monitoring import monitoring_due
 from modelops.planning.rollout import analysis_due
 from modelops.reconciler import Outcome, reconcile
 
@@ -119,6 +120,8 @@ def _run_pass(
     logger: logging.Logger | kopf.Logger,
     evaluations: Mapping[str, Evaluation] | None = None,
     revision: str | None = None,
+    monitoring_evaluations: Mapping[str, Evaluation] | None = None,
+    monitored_version: str | None = None,
 ) -> None:
     """One pass on the object as stored *now*: every trigger re-reads it under the lock, so a
     pass never works from a body older than the previous pass's status write. Verdicts are
@@ -128,11 +131,13 @@ def _run_pass(
             body = memo.cluster.get_modeldeployment(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return  # children go with the owner (ownerReferences); nothing to reconcile
-            rollout = (body.get("status") or {}).get("rollout") or {}
-            if evaluations is not None and rollout.get("revision") != revision:
+            status = body.get("status") or {}
+            if evaluations is not None and (status.get("rollout") or {}).get("revision") != revision:
                 evaluations = None
+            if monitoring_evaluations is not None and (status.get("stable") or {}).get("version") != monitored_version:
+                monitoring_evaluations = None
             with metrics.reconcile_seconds.time():
-                outcome = reconcile(memo.cluster, body, _now(), evaluations)
+                outcome = reconcile(memo.cluster, body, _now(), evaluations, monitoring_evaluations)
         except ApiError as error:
             metrics.reconcile_passes.labels("error").inc()
             if error.status == 404:
@@ -245,6 +250,22 @@ def due_canaries(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) 
     return due
 
 
+def due_monitors(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
+    """Stable versions whose monitoring checks should run now, with the version they are for."""
+    due = []
+    for (namespace, name), body in bodies.items():
+        try:
+            status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
+            spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            continue
+        if spec.monitoring is None or status.stable is None or not monitoring_due(spec, status, now):
+            continue
+        version = status.stable.version
+        due.append((CanaryUnderAnalysis(namespace, name, version, version, spec.monitoring.checks), version))
+    return due
+
+
 def _query(memo: kopf.Memo, promql: str) -> QueryResult:
     prometheus: Prometheus | None = memo.prometheus
     if prometheus is None:
@@ -269,17 +290,24 @@ def _templates(memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> d
 
 
 def _analysis_tick(memo: kopf.Memo) -> None:
+    """Canary analysis for every due canary, then monitoring for every due stable version."""
     with _guard:
         bodies = dict(_bodies)
-    due = due_canaries(bodies, _now())
-    if not due:
-        return
-    tick = run_tick([canary for canary, _ in due], lambda promql: _query(memo, promql), _templates(memo, due))
-    metrics.analysis_tick_queries.set(tick.queries)
-    metrics.analysis_tick_canaries.set(len(due))
-    for canary, revision in due:
-        evaluations = tick.evaluations[(canary.namespace, canary.name)]
-        _run_pass(canary.namespace, canary.name, memo, log, evaluations, revision)
+    now = _now()
+    due = due_canaries(bodies, now)
+    if due:
+        tick = run_tick([canary for canary, _ in due], lambda promql: _query(memo, promql), _templates(memo, due))
+        metrics.analysis_tick_queries.set(tick.queries)
+        metrics.analysis_tick_canaries.set(len(due))
+        for canary, revision in due:
+            evaluations = tick.evaluations[(canary.namespace, canary.name)]
+            _run_pass(canary.namespace, canary.name, memo, log, evaluations, revision)
+    monitors = due_monitors(bodies, now)
+    if monitors:
+        tick = run_tick([monitor for monitor, _ in monitors], lambda promql: _query(memo, promql), _templates(memo, monitors))
+        for monitor, version in monitors:
+            evaluations = tick.evaluations[(monitor.namespace, monitor.name)]
+            _run_pass(monitor.namespace, monitor.name, memo, log, monitoring_evaluations=evaluations, monitored_version=version)
 
 
 async def _analysis_loop(memo: kopf.Memo) -> None:

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
+from modelops import notify
 from modelops.planning.analysis import Evaluation
+from modelops.planning.monitoring import ObservedJob
 from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,32 @@ def observe_deployment(item: Mapping[str, Any]) -> planning.ObservedDeployment:
     )
 
 
-def observe(cluster: ClusterApi, owner: Owner) -> planning.Observed:
+def observe_job(item: Mapping[str, Any], message: str | None) -> ObservedJob:
+    conditions = (item.get("status") or {}).get("conditions") or []
+    done = {c.get("type"): c for c in conditions if c.get("status") == "True"}
+    failed = done.get("Failed")
+    complete = done.get("Complete") or done.get("SuccessCriteriaMet")
+    finished = (failed or complete or {}).get("lastTransitionTime")
+    reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ") if failed else ""
+    return ObservedJob(item["metadata"]["name"], succeeded=complete is not None and failed is None, failed=failed is not None,
+                       reason=reason, finished_at=finished, termination_message=message)
+
+
+def _wants_message(status: ModelDeploymentStatus, job: Mapping[str, Any]) -> bool:
+    """Read a Job's termination message only while its run waits for it (never in steady state)."""
+    run = status.retraining.last_run if status.retraining else None
+    return run is not None and run.job == job["metadata"]["name"] and run.outcome == "Running"
+
+
+def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | None = None) -> planning.Observed:
     found = cluster.list_children(owner.namespace, owner.name, owner.uid)
+    jobs = {}
+    for job in found.get("Job", []):
+        message = None
+        finished = observe_job(job, None)
+        if status is not None and finished.succeeded and _wants_message(status, job):
+            message = cluster.termination_message(owner.namespace, job["metadata"]["name"])
+        jobs[job["metadata"]["name"]] = observe_job(job, message)
     versions: dict[tuple[str, str], str] = {}
     for kind, items in found.items():
         for item in items:
@@ -77,6 +103,7 @@ def observe(cluster: ClusterApi, owner: Owner) -> planning.Observed:
         services={s["metadata"]["name"]: s for s in found.get("Service", [])},
         autoscalers={h["metadata"]["name"]: h for h in found.get("HorizontalPodAutoscaler", [])},
         routes={r["metadata"]["name"]: r for r in found.get("HTTPRoute", [])},
+        jobs=jobs,
         versions_by_child=versions,
     )
 
@@ -131,8 +158,22 @@ def requested_actions(metadata: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def _with_notification(status: ModelDeploymentStatus, url: str, owner: Owner, run: Any) -> ModelDeploymentStatus:
+    """POSTs the candidate once (when its run completes) and records whether it was accepted."""
+    delivered = notify.post_candidate(url, owner.namespace, owner.name, run)
+    retraining = status.retraining
+    if retraining is None or retraining.last_run is None:
+        return status
+    last_run = retraining.last_run.model_copy(update={"notified": delivered})
+    return status.model_copy(update={"retraining": retraining.model_copy(update={"last_run": last_run})})
+
+
 def reconcile(
-    cluster: ClusterApi, body: Mapping[str, Any], now: str, evaluations: Mapping[str, Evaluation] | None = None
+    cluster: ClusterApi,
+    body: Mapping[str, Any],
+    now: str,
+    evaluations: Mapping[str, Evaluation] | None = None,
+    monitoring_evaluations: Mapping[str, Evaluation] | None = None,
 ) -> Outcome:
     """Brings one ModelDeployment's children and status to the desired state; writes nothing if already there."""
     metadata = body["metadata"]
@@ -151,10 +192,11 @@ def reconcile(
         outcome.errors.append(status.message or "invalid spec")
         return outcome
 
-    observed = observe(cluster, owner)
+    observed = observe(cluster, owner, previous)
     plan = planning.plan(
         owner, spec, previous, observed, generation, now,
-        evaluations=evaluations, requested_actions=requested_actions(metadata),
+        evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
+        requested_actions=requested_actions(metadata),
     )
     created: set[str] = set()
     for write in plan.apply:
@@ -176,8 +218,11 @@ def reconcile(
     status = plan.status
     if outcome.errors:
         status = planning.compute_status(
-            owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing
+            owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
+            monitoring=plan.monitoring, retraining=plan.status.retraining,
         )
+    if plan.completed_run is not None and spec.retraining is not None and spec.retraining.notify is not None:
+        status = _with_notification(status, spec.retraining.notify.url, owner, plan.completed_run)
     if status != previous:
         cluster.patch_status(owner.namespace, owner.name, status_document(status))
         outcome.status_written = True

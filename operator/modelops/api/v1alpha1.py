@@ -518,8 +518,88 @@ class ClusterMetricTemplate(ApiModel):
     """The query."""
 
 
+class MonitoringCheck(Check):
+    """A check on the stable version, with a sustained-breach duration and an action."""
+
+    for_: Duration = Field(default="5m", alias="for")
+    """How long the check must keep failing before its action is taken."""
+
+    action: Literal["retrain", "rollback", "alert"] = "alert"
+    """retrain: start a retraining Job (spec.retraining). rollback: within rollbackWindow after a promotion, restore
+    the previous stable and block the new revision. alert: a condition and a Warning event only."""
+
+
+class MonitoringSpec(ApiModel):
+    """Continuous checks of the stable version (drift, fairness, latency, errors)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("duration(self.interval) >= duration('10s')", "monitoring.interval must be at least 10s", ".interval"),
+                cel(
+                    "self.checks.all(c, !has(c.maxRatioToStable))",
+                    "monitoring checks judge the stable version alone: use max or min, not maxRatioToStable",
+                    ".checks",
+                ),
+                cel(
+                    "self.checks.all(a, self.checks.exists_one(b, a.name == b.name))", "check names must be unique", ".checks"
+                ),
+            ]
+        }
+    )
+
+    interval: Duration = "1m"
+    """How often the checks run."""
+
+    checks: list[MonitoringCheck] = Field(default_factory=list, max_length=10)
+    """The checks."""
+
+    rollback_window: Duration = "30m"
+    """After a promotion, how long the previous stable is kept running so that a rollback action can restore it."""
+
+
+class NotifySpec(ApiModel):
+    """Where to announce a retraining candidate (for example a GitOps bot that opens a pull request)."""
+
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
+    """The candidate is POSTed here as JSON (5 s timeout, 3 attempts)."""
+
+
+class RetrainingSpec(ApiModel):
+    """Retraining Jobs started by a monitoring breach or by `modelops retrain`."""
+
+    job_template: dict[str, Any]
+    """A batch/v1 JobSpec. The operator adds env MODELOPS_MODEL_NAME, MODELOPS_CURRENT_VERSION, MODELOPS_CURRENT_URI,
+    MODELOPS_TRIGGER and MODELOPS_DRIFTING_FEATURES to every container. The Job reports its candidate as JSON
+    ({"version", "uri", "digest", "metrics"}) in its termination message."""
+
+    cooldown: Duration = "6h"
+    """Minimum time between the starts of two retraining runs."""
+
+    active_deadline_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    """Default activeDeadlineSeconds of the Job (a hung Job fails after this)."""
+
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    """Default backoffLimit of the Job."""
+
+    notify: NotifySpec | None = None
+    """Announce each candidate."""
+
+
 class ModelDeploymentSpec(ApiModel):
     """What to serve and how."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.monitoring) || !self.monitoring.checks.exists(c, c.action == 'retrain') || has(self.retraining)",
+                    "a monitoring check with action retrain needs spec.retraining",
+                    ".monitoring",
+                )
+            ]
+        }
+    )
 
     model: ModelSpec
     """The model artifact and its version."""
@@ -535,6 +615,12 @@ class ModelDeploymentSpec(ApiModel):
 
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     """Canary steps, traffic router and analysis for new revisions."""
+
+    monitoring: MonitoringSpec | None = None
+    """Continuous checks of the stable version, with actions."""
+
+    retraining: RetrainingSpec | None = None
+    """Retraining Jobs (needed by monitoring checks with action retrain)."""
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -732,6 +818,99 @@ class HandledActions(StatusModel):
     retry: str | None = Field(default=None, max_length=64)
     pause: str | None = Field(default=None, max_length=64)
     resume: str | None = Field(default=None, max_length=64)
+    retrain: str | None = Field(default=None, max_length=64)
+
+
+class MonitorStatus(StatusModel):
+    """The latest evaluation of a monitoring check on the stable version."""
+
+    name: str = Field(max_length=63)
+    """The check's name."""
+
+    verdict: Verdict | None = None
+    """Pass, Fail, NoData or Error."""
+
+    value: float | None = None
+    """The last value."""
+
+    reason: str = Field(default="", max_length=512)
+    """Why, for Fail, NoData and Error."""
+
+    at: str | None = Field(default=None, max_length=64)
+    """When it was last evaluated."""
+
+    breaching_since: str | None = Field(default=None, max_length=64)
+    """When the current run of failures began."""
+
+
+class MonitoringStatus(StatusModel):
+    """Continuous monitoring of the stable version."""
+
+    version: str = Field(default="", max_length=63)
+    """The version these results are for."""
+
+    next_evaluation_at: str | None = Field(default=None, max_length=64)
+    """When the checks run next."""
+
+    checks: list[MonitorStatus] = Field(default_factory=list, max_length=10)
+    """Each check's last result."""
+
+
+class Candidate(StatusModel):
+    """What a retraining Job produced (from its termination message)."""
+
+    version: str = Field(max_length=63, pattern=VERSION_PATTERN)
+    """The candidate's model version."""
+
+    uri: str = Field(max_length=2048, pattern=URI_PATTERN)
+    """Its artifact."""
+
+    digest: str | None = Field(default=None, max_length=71, pattern=DIGEST_PATTERN)
+    """Its digest."""
+
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=20)
+    """Evaluation metrics reported by the Job."""
+
+
+class RetrainingRun(StatusModel):
+    """One retraining run."""
+
+    job: str = Field(max_length=63)
+    """The Job's name."""
+
+    trigger: str = Field(max_length=512)
+    """What started it."""
+
+    started_at: str = Field(max_length=64)
+    """When the Job was created."""
+
+    finished_at: str | None = Field(default=None, max_length=64)
+    """When it ended."""
+
+    outcome: Literal["Running", "Succeeded", "Failed"] = "Running"
+    """Running, Succeeded or Failed."""
+
+    reason: str = Field(default="", max_length=1024)
+    """Why it failed, or what is missing."""
+
+    candidate: Candidate | None = None
+    """The candidate it reported."""
+
+    notified: bool | None = None
+    """Whether spec.retraining.notify.url accepted the candidate."""
+
+
+class RetrainingStatus(StatusModel):
+    """Retraining runs."""
+
+    runs: int = 0
+    """How many runs were started."""
+
+    cooldown_until: str | None = Field(default=None, max_length=64)
+    """No new run starts before this time."""
+
+    last_run: RetrainingRun | None = None
+    """The latest run."""
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -771,6 +950,12 @@ class ModelDeploymentStatus(ApiModel):
 
     handled_actions: HandledActions = Field(default_factory=HandledActions)
     """Manual actions already carried out."""
+
+    monitoring: MonitoringStatus | None = None
+    """Continuous monitoring of the stable version."""
+
+    retraining: RetrainingStatus | None = None
+    """Retraining runs."""
 
 
 class ModelDeployment(ApiModel):

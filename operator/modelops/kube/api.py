@@ -57,6 +57,8 @@ class ClusterApi(Protocol):
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 
+    def termination_message(self, namespace: str, job: str) -> str | None: ...
+
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
@@ -69,6 +71,7 @@ class KubernetesClusterApi:
         self._core = client.CoreV1Api(api_client)
         self._autoscaling = client.AutoscalingV2Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._batch = client.BatchV1Api(api_client)
 
     def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ModelDeployment as stored now (None when it is gone)."""
@@ -120,7 +123,28 @@ class KubernetesClusterApi:
                 if _controlled_by(item, owner_uid)
             ]
         result["HTTPRoute"] = self._list_routes(namespace, selector, owner_uid)
+        try:
+            jobs = self._batch.list_namespaced_job(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS).items
+        except ApiException as error:
+            raise _error(error) from error
+        result["Job"] = [{"apiVersion": "batch/v1", "kind": "Job", **item} for item in self._serialize(jobs) if _controlled_by(item, owner_uid)]
         return result
+
+    def termination_message(self, namespace: str, job: str) -> str | None:
+        """The termination message of the Job's most recent pod that wrote one (None: none yet)."""
+        try:
+            pods = self._core.list_namespaced_pod(
+                namespace, label_selector=f"job-name={job}", _request_timeout=REQUEST_TIMEOUT_SECONDS
+            ).items
+        except ApiException as error:
+            raise _error(error) from error
+        messages = []
+        for pod in pods:
+            for container in (pod.status.container_statuses or []) if pod.status else []:
+                terminated = container.state.terminated if container.state else None
+                if terminated is not None and terminated.message:
+                    messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
+        return max(messages, key=lambda item: str(item[0]))[1] if messages else None
 
     def _list_routes(self, namespace: str, selector: str, owner_uid: str) -> list[dict[str, Any]]:
         """Owned HTTPRoutes; none when the Gateway API is not installed (the gatewayAPI router then fails to apply)."""
@@ -139,6 +163,9 @@ class KubernetesClusterApi:
         kind, metadata = manifest["kind"], manifest["metadata"]
         if kind == "HTTPRoute":
             self._apply_route(manifest, field_manager)
+            return
+        if kind == "Job":
+            self._create_job(manifest)
             return
         patchers = {
             "Deployment": self._apps.patch_namespaced_deployment,
@@ -160,6 +187,14 @@ class KubernetesClusterApi:
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         """Controller uids of an existing object (None when there is no such object)."""
+        if kind == "Job":
+            try:
+                found_job = self._batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise _error(error) from error
+            return [reference.uid for reference in found_job.metadata.owner_references or [] if reference.controller]
         if kind == "HTTPRoute":
             try:
                 found = self._custom.get_namespaced_custom_object(
@@ -183,6 +218,14 @@ class KubernetesClusterApi:
                 return None
             raise _error(error) from error
         return [reference.uid for reference in found.metadata.owner_references or [] if reference.controller]
+
+    def _create_job(self, manifest: Mapping[str, Any]) -> None:
+        """Jobs are created, never updated (their template is immutable); an existing one is left as it is."""
+        try:
+            self._batch.create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest), _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as error:
+            if error.status != 409:
+                raise _error(error) from error
 
     def _apply_route(self, manifest: Mapping[str, Any], field_manager: str) -> None:
         metadata = manifest["metadata"]

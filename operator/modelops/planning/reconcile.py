@@ -35,6 +35,14 @@ from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner
 from modelops.planning.compare import is_applied
 from modelops.planning.names import child_name
+from modelops.planning.monitoring import (
+    MonitoringOutcome,
+    ObservedJob,
+    advance_monitoring,
+    decide_retraining,
+    roll_back_to_previous,
+    triggers,
+)
 from modelops.planning.rollout import Event, RolloutState, advance
 
 
@@ -73,6 +81,7 @@ class Observed:
     services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     autoscalers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    jobs: Mapping[str, ObservedJob] = field(default_factory=dict)
     versions_by_child: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> Mapping[str, Any] | None:
@@ -111,6 +120,8 @@ class Plan:
     events: list[Event]
     state: RolloutState
     changing: frozenset[str] = frozenset()
+    monitoring: MonitoringOutcome | None = None
+    completed_run: Any = None  # a retraining run that just produced a candidate (to announce)
 
 
 def wanted_replicas(spec: ModelDeploymentSpec, found: ObservedDeployment | None) -> int:
@@ -247,6 +258,8 @@ def compute_status(
     now: str,
     errors: Sequence[str] = (),
     changing: frozenset[str] = frozenset(),
+    monitoring: MonitoringOutcome | None = None,
+    retraining: Any = None,
 ) -> ModelDeploymentStatus:
     """The status this pass should leave: equal to ``previous`` when nothing changed.
 
@@ -297,6 +310,8 @@ def compute_status(
         _condition(previous.conditions, "Progressing", *progressing, generation, now),
         _condition(previous.conditions, "Degraded", "True" if degraded else "False", degraded_reason, degraded_message, generation, now),
     ]
+    if monitoring is not None and monitoring.status is not None:
+        conditions.append(_condition(previous.conditions, "Monitoring", *_monitoring_condition(monitoring), generation, now))
     phase: Phase
     if degraded:
         phase, message = "Degraded", degraded_message
@@ -322,7 +337,21 @@ def compute_status(
         blocked_revision=state.blocked,
         previous=state.previous,
         handled_actions=state.handled,
+        monitoring=monitoring.status if monitoring is not None else previous.monitoring,
+        retraining=retraining if retraining is not None else previous.retraining,
     )
+
+
+def _monitoring_condition(outcome: MonitoringOutcome) -> tuple[str, str, str]:
+    """Monitoring: True when every check passes; False while some breach; Unknown with stale data."""
+    if outcome.breaching:
+        return "False", "Breach", "; ".join(f"{c.name}: {c.reason} (since {c.breaching_since})" for c in outcome.breaching)
+    if outcome.stale:
+        return "Unknown", "DataStale", "; ".join(f"{c.name}: {c.verdict} {c.reason}" for c in outcome.stale)
+    assert outcome.status is not None
+    if not outcome.status.checks or any(c.verdict is None for c in outcome.status.checks):
+        return "Unknown", "NotEvaluated", "waiting for the first evaluation"
+    return "True", "AllChecksPass", "every monitoring check passes"
 
 
 def plan(
@@ -334,13 +363,36 @@ def plan(
     now: str,
     *,
     evaluations: Mapping[str, Evaluation] | None = None,
+    monitoring_evaluations: Mapping[str, Evaluation] | None = None,
     requested_actions: Mapping[str, str] | None = None,
 ) -> Plan:
     """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state."""
-    stable_found = observed.deployment_of(status.stable.version) if status.stable else None
+    requested = dict(requested_actions or {})
+    monitored = advance_monitoring(spec, status, monitoring_evaluations, now)
+    fired = triggers(monitored, spec)
+    extra_events: list[Event] = [Event("Warning", "MonitoringAlert", alert) for alert in fired.alerts]
+    working = status
+    if fired.rollback:
+        rolled = roll_back_to_previous(spec, status, f"monitoring: {fired.rollback}", now)
+        if rolled is not None:
+            working = rolled
+            extra_events.append(Event("Warning", "RolledBack", f"{status.stable.version if status.stable else ''} rolled back by monitoring: {fired.rollback}"))
+    manual_retrain = bool(requested.get("retrain")) and requested.get("retrain") != status.handled_actions.retrain
+    last_run = status.retraining.last_run if status.retraining else None
+    retraining = decide_retraining(
+        owner,
+        spec,
+        status.retraining,
+        trigger=fired.retrain or ("requested with `modelops retrain`" if manual_retrain else None),
+        features=fired.features,
+        job=observed.jobs.get(last_run.job) if last_run else None,
+        now=now,
+    )
+    extra_events += retraining.events
+    stable_found = observed.deployment_of(working.stable.version) if working.stable else None
     state = advance(
         spec,
-        status,
+        working,
         serving={found.version: serving(found) for found in observed.deployments.values()},
         full_size={
             found.version: serving(found) and found.replicas >= full_replicas(spec, stable_found)
@@ -349,9 +401,11 @@ def plan(
         deployments={found.version: found.name for found in observed.deployments.values()},
         now=now,
         evaluations=evaluations,
-        requested_actions=requested_actions,
+        requested_actions=requested,
     )
     to_apply: list[Apply] = []
+    if retraining.create is not None and retraining.create["metadata"]["name"] not in observed.jobs:
+        to_apply.append(Apply(retraining.create))
     for manifest in desired_children(owner, spec, state, observed):
         if not is_applied(manifest, observed.get(manifest["kind"], manifest["metadata"]["name"])):
             to_apply.append(Apply(manifest))
@@ -359,12 +413,17 @@ def plan(
         if version == spec.model.version or version == state.canary:
             to_apply += replica_writes(owner, spec, state, version, observed)  # type: ignore[arg-type]
     changing = frozenset(w.manifest["metadata"]["name"] for w in to_apply if w.manifest["kind"] == "Deployment")
-    new_status = compute_status(owner, spec, status, state, observed, generation, now, changing=changing)
+    new_status = compute_status(
+        owner, spec, status, state, observed, generation, now, changing=changing,
+        monitoring=monitored, retraining=retraining.status,
+    )
     return Plan(
         apply=to_apply,
         delete=stale_children(owner, spec, state, observed),
         status=new_status,
-        events=list(state.events),
+        events=list(state.events) + extra_events,
         state=state,
         changing=changing,
+        monitoring=monitored,
+        completed_run=retraining.completed,
     )

@@ -52,7 +52,7 @@ from modelops.api.v1alpha1 import (
 )
 from modelops.planning.analysis import Evaluation, threshold_text, value_query
 
-ACTIONS = ("promote", "abort", "retry", "pause", "resume")
+ACTIONS = ("promote", "abort", "retry", "pause", "resume", "retrain")
 MEASUREMENTS_KEPT = 10
 
 
@@ -121,6 +121,9 @@ class _Run:
         assert self.rollout is not None
         version = self.rollout.revision
         delay = duration_seconds(self.spec.rollout.scale_down_delay)
+        monitoring = self.spec.monitoring
+        if monitoring is not None and any(check.action == "rollback" for check in monitoring.checks):
+            delay = max(delay, duration_seconds(monitoring.rollback_window))  # keep it restorable
         self.previous = PreviousStable(version=self.stable, deployment=previous_deployment, scale_down_at=_after(self.now, delay))
         self.record(version, "Promoted", reason)
         self.events.append(Event("Normal", "Promoted", f"{version} is now stable ({reason})"))
