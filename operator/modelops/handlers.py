@@ -96,6 +96,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix="modelops.dev", key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prometheus query is noise
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
@@ -301,13 +302,21 @@ def _analysis_tick(memo: kopf.Memo) -> None:
         metrics.analysis_tick_canaries.set(len(due))
         for canary, revision in due:
             evaluations = tick.evaluations[(canary.namespace, canary.name)]
-            _run_pass(canary.namespace, canary.name, memo, log, evaluations, revision)
+            _guarded(_run_pass, canary.namespace, canary.name, memo, log, evaluations, revision)
     monitors = due_monitors(bodies, now)
     if monitors:
         tick = run_tick([monitor for monitor, _ in monitors], lambda promql: _query(memo, promql), _templates(memo, monitors))
         for monitor, version in monitors:
             evaluations = tick.evaluations[(monitor.namespace, monitor.name)]
-            _run_pass(monitor.namespace, monitor.name, memo, log, monitoring_evaluations=evaluations, monitored_version=version)
+            _guarded(_run_pass, monitor.namespace, monitor.name, memo, log, monitoring_evaluations=evaluations, monitored_version=version)
+
+
+def _guarded(function: Any, namespace: str, name: str, *args: Any, **kwargs: Any) -> None:
+    """Runs one object's pass; a failure is logged and never stops the passes of other objects."""
+    try:
+        function(namespace, name, *args, **kwargs)
+    except Exception:  # noqa: BLE001 - isolation between objects is the point
+        log.exception("pass of %s/%s failed", namespace, name)
 
 
 async def _analysis_loop(memo: kopf.Memo) -> None:

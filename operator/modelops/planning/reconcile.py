@@ -88,6 +88,8 @@ class Observed:
         if kind == "Deployment":
             found = self.deployments.get(name)
             return found.manifest if found else None
+        if kind == "Job":
+            return {"metadata": {"name": name}} if name in self.jobs else None
         table = {"Service": self.services, "HorizontalPodAutoscaler": self.autoscalers, "HTTPRoute": self.routes}
         return table[kind].get(name)
 

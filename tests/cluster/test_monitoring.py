@@ -1,0 +1,245 @@
+"""The ML loop end to end: real `modelops serve` processes, real Prometheus, drift, a retraining Job.
+
+The stable version's pods are stood in for by `modelops serve` processes started with the
+env of the Deployment's pod template (as a kubelet would), registered with Prometheus under
+the pods' namespace and names. A load generator sends inference requests; shifting its input
+distribution raises the drift gauge, and after the check's `for` duration exactly one
+retraining Job appears. kwok completes it; the test writes the Job's termination message as a
+kubelet would, and a local HTTP receiver collects the notification.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from kubernetes import client
+
+from modelops.devcluster import bootstrap, targets
+from modelops.devcluster.cluster import ClusterState
+from modelops.serving.drift import build_profile
+from tests.cluster.conftest import Operator
+from tests.cluster.test_modeldeployment import GROUP, PLURAL, VERSION
+
+pytestmark = pytest.mark.cluster
+
+NAME = "scorer"
+MODEL = {"type": "linear", "kind": "classifier", "features": ["a", "b"], "coefficients": [1.0, -0.5], "intercept": 0.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Receiver:
+    """A local HTTP endpoint that records what is POSTed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append(json.loads(body))
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/candidates"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StandInPods:
+    """`modelops serve` processes for every pod of a Deployment, with the pod template's env."""
+
+    def __init__(self, apps: client.AppsV1Api, core: client.CoreV1Api, namespace: str, deployment: str, targets_dir: Path, logs: Path) -> None:
+        template = apps.read_namespaced_deployment(deployment, namespace).spec.template
+        env = {e.name: e.value or "" for e in template.spec.containers[0].env}
+        pods = core.list_namespaced_pod(namespace, label_selector=f"modelops.dev/deployment={NAME}").items
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        self.targets_dir = targets_dir
+        self.target_names: list[str] = []
+        self.logs = logs
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL", "KUBE"))}
+        try:
+            for pod in pods:
+                port = _free_port()
+                with (logs / f"{pod.metadata.name}.log").open("wb") as log:
+                    self.processes.append(subprocess.Popen(
+                        [sys.executable, "-m", "modelops.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                        env=base | env, stdout=log, stderr=subprocess.STDOUT,
+                    ))
+                self.ports.append(port)
+                name = f"{namespace}-{pod.metadata.name}"[:63]
+                targets.register(targets_dir, name, f"127.0.0.1:{port}", {"namespace": namespace, "pod": pod.metadata.name})
+                self.target_names.append(name)
+            for port in self.ports:
+                bootstrap.wait_for(f"modelops serve on {port} to be ready", lambda port=port: self._ready(port), timeout=30)
+        except BaseException:
+            self.close()
+            raise
+
+    def _ready(self, port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v2/models/{NAME}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        for name in self.target_names:
+            targets.unregister(self.targets_dir, name)
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=15)
+
+
+class Traffic:
+    """Inference requests to every stand-in pod; ``shift`` moves the input distribution's mean."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports, self.shift, self.sent, self.failed = ports, 0.0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(0)
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.is_set():
+                for port in self.ports:
+                    rows = rng.normal(self.shift, 1.0, (50, 2))
+                    body = {"inputs": [{"name": "x", "shape": [50, 2], "datatype": "FP64", "data": rows.ravel().tolist()}]}
+                    answer = http.post(f"http://127.0.0.1:{port}/v2/models/{NAME}/infer", json=body)
+                    self.sent += 1
+                    self.failed += answer.status_code != 200
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> tuple[str, str, str]:
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps(MODEL))
+    rng = np.random.default_rng(1)
+    profile = tmp_path / "profile.json"
+    reference = {"a": [str(v) for v in rng.normal(0, 1, 5000)], "b": [str(v) for v in rng.normal(0, 1, 5000)]}
+    profile.write_text(json.dumps(build_profile(reference, bins=10).to_json()))
+    digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    return model.as_uri(), digest, profile.as_uri()
+
+
+def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_and_announced(
+    operator: Operator, admin_api: client.ApiClient, devcluster: ClusterState, namespace: str, tmp_path: Path,
+    artifacts: tuple[str, str, str],
+) -> None:
+    uri, digest, profile = artifacts
+    receiver = Receiver()
+    custom, apps, core, batch = (client.CustomObjectsApi(admin_api), client.AppsV1Api(admin_api),
+                                 client.CoreV1Api(admin_api), client.BatchV1Api(admin_api))
+    document = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "model": {"version": "1.0.0", "uri": uri, "digest": digest, "format": "custom"},
+            "runtime": {"image": "ghcr.io/modelops/model-server:0.1.0", "env": [
+                {"name": "MODEL_PROFILE_URI", "value": profile},
+                {"name": "MODELOPS_DRIFT_INTERVAL_SECONDS", "value": "1"},
+                {"name": "MODELOPS_DRIFT_WINDOW", "value": "1000"},
+            ]},
+            "scaling": {"replicas": 2},
+            "monitoring": {"interval": "10s", "checks": [
+                {"name": "drift", "type": "featureDrift", "max": 0.25, "minSampleCount": 500, "for": "10s", "action": "retrain"},
+            ]},
+            "retraining": {
+                "jobTemplate": {"template": {"spec": {"containers": [{"name": "train", "image": "ghcr.io/modelops/trainer:1"}]}}},
+                "cooldown": "1h",
+                "notify": {"url": receiver.url},
+            },
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+
+    def status() -> dict[str, Any]:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME).get("status") or {}
+
+    bootstrap.wait_for("the stable version to be Healthy", lambda: status().get("phase") == "Healthy", timeout=60)
+    pods = StandInPods(apps, core, namespace, f"{NAME}-1-0-0", devcluster.layout.prometheus_targets, tmp_path)
+    traffic = Traffic(pods.ports)
+    try:
+        def monitored(verdict: str) -> bool:
+            checks = (status().get("monitoring") or {}).get("checks") or []
+            return bool(checks) and checks[0].get("verdict") == verdict
+
+        bootstrap.wait_for("the drift check to pass on unshifted data", lambda: monitored("Pass"), timeout=90)
+        assert batch.list_namespaced_job(namespace).items == []
+
+        traffic.shift = 2.0
+        bootstrap.wait_for("the drift check to fail", lambda: monitored("Fail"), timeout=60)
+        bootstrap.wait_for("a retraining Job", lambda: bool(batch.list_namespaced_job(namespace).items), timeout=60)
+        [job] = batch.list_namespaced_job(namespace).items
+        assert job.metadata.name == f"{NAME}-retrain-1"
+        env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
+        assert env["MODELOPS_CURRENT_VERSION"] == "1.0.0" and "check drift failing since" in env["MODELOPS_TRIGGER"]
+        assert job.spec.active_deadline_seconds == 3600 and job.spec.backoff_limit == 1
+
+        # kwok completes the pod; write its termination message as the kubelet would.
+        def job_pod() -> client.V1Pod | None:
+            found = core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
+            return found[0] if found and found[0].status.phase == "Succeeded" else None
+
+        bootstrap.wait_for("the Job's pod to complete", lambda: job_pod() is not None, timeout=60)
+        pod = job_pod()
+        assert pod is not None
+        candidate = {"version": "1.1.0", "uri": "s3://models/scorer/1.1.0/", "digest": "sha256:" + "c" * 64, "metrics": {"auc": 0.93}}
+        core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"containerStatuses": [{
+            "name": "train", "image": "ghcr.io/modelops/trainer:1", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(candidate)}},
+        }]}})
+
+        def recorded() -> bool:
+            run = (status().get("retraining") or {}).get("lastRun") or {}
+            return run.get("outcome") == "Succeeded" and run.get("candidate") is not None
+
+        bootstrap.wait_for("the candidate in status", recorded, timeout=60)
+        run = status()["retraining"]["lastRun"]
+        assert run["candidate"] == candidate and run["notified"] is True
+        assert [r["candidate"] for r in receiver.received] == [candidate]
+        assert receiver.received[0]["modelDeployment"] == {"namespace": namespace, "name": NAME}
+        reasons = {e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}").items}
+        assert {"RetrainingStarted", "RetrainingSucceeded"} <= reasons
+
+        # Drift persists, but the cooldown holds: still exactly one Job, and the spec is untouched.
+        time.sleep(25)
+        assert [j.metadata.name for j in batch.list_namespaced_job(namespace).items] == [f"{NAME}-retrain-1"]
+        assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)["spec"]["model"]["version"] == "1.0.0"
+        monitoring = next(c for c in status()["conditions"] if c["type"] == "Monitoring")
+        assert (monitoring["status"], monitoring["reason"]) == ("False", "Breach")
+        assert traffic.failed == 0
+    finally:
+        traffic.close()
+        pods.close()
+        receiver.close()
