@@ -118,8 +118,9 @@ class StandInPods:
 class Traffic:
     """Inference requests to every stand-in pod; ``shift`` moves the input distribution's mean."""
 
-    def __init__(self, ports: list[int]) -> None:
+    def __init__(self, ports: list[int], biased_groups: bool = False) -> None:
         self.ports, self.shift, self.sent, self.failed = ports, 0.0, 0, 0
+        self.biased_groups = biased_groups
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -130,7 +131,13 @@ class Traffic:
             while not self._stop.is_set():
                 for port in self.ports:
                     rows = rng.normal(self.shift, 1.0, (50, 2))
-                    body = {"inputs": [{"name": "x", "shape": [50, 2], "datatype": "FP64", "data": rows.ravel().tolist()}]}
+                    inputs: list[dict[str, Any]] = []
+                    if self.biased_groups:  # group a gets inputs the model mostly approves, group b mostly not
+                        rows[:25, 0] += 1.5
+                        rows[25:, 0] -= 1.5
+                        inputs.append({"name": "group", "shape": [50], "datatype": "BYTES", "data": ["a"] * 25 + ["b"] * 25})
+                    tensor = {"name": "x", "shape": [50, 2], "datatype": "FP64", "data": rows.ravel().tolist()}
+                    body = {"inputs": [tensor, *inputs]}
                     answer = http.post(f"http://127.0.0.1:{port}/v2/models/{NAME}/infer", json=body)
                     self.sent += 1
                     self.failed += answer.status_code != 200
@@ -243,3 +250,53 @@ def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_a
         traffic.close()
         pods.close()
         receiver.close()
+
+
+def test_a_fairness_gap_trips_its_check_only_with_enough_samples_per_group(
+    operator: Operator, admin_api: client.ApiClient, devcluster: ClusterState, namespace: str, tmp_path: Path,
+    artifacts: tuple[str, str, str],
+) -> None:
+    uri, digest, _ = artifacts
+    custom, apps, core = client.CustomObjectsApi(admin_api), client.AppsV1Api(admin_api), client.CoreV1Api(admin_api)
+    document = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "model": {"version": "1.0.0", "uri": uri, "digest": digest, "format": "custom"},
+            "runtime": {"image": "ghcr.io/modelops/model-server:0.1.0", "env": [{"name": "MODEL_SENSITIVE_ATTRIBUTES", "value": "group"}]},
+            "scaling": {"replicas": 1},
+            "monitoring": {"interval": "10s", "checks": [
+                {"name": "parity", "type": "fairnessGap", "attribute": "group", "max": 0.2, "window": "20s",
+                 "minSampleCount": 100, "for": "0s", "action": "alert"},
+                {"name": "parity-strict-sample", "type": "fairnessGap", "attribute": "group", "max": 0.2, "window": "20s",
+                 "minSampleCount": 10000000, "for": "0s", "action": "alert"},
+            ]},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+
+    def status() -> dict[str, Any]:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME).get("status") or {}
+
+    bootstrap.wait_for("the stable version to be Healthy", lambda: status().get("phase") == "Healthy", timeout=60)
+    pods = StandInPods(apps, core, namespace, f"{NAME}-1-0-0", devcluster.layout.prometheus_targets, tmp_path)
+    traffic = Traffic(pods.ports, biased_groups=True)
+    try:
+        def verdicts() -> dict[str, str | None]:
+            return {c["name"]: c.get("verdict") for c in (status().get("monitoring") or {}).get("checks", [])}
+
+        bootstrap.wait_for("the fairness check to fail", lambda: verdicts().get("parity") == "Fail", timeout=90)
+        checks = {c["name"]: c for c in status()["monitoring"]["checks"]}
+        assert checks["parity"]["value"] > 0.2
+        assert checks["parity-strict-sample"]["verdict"] == "NoData"  # too few samples per group: never a verdict
+        assert "need 10000000" in checks["parity-strict-sample"]["reason"]
+        condition = next(c for c in status()["conditions"] if c["type"] == "Monitoring")
+        assert (condition["status"], condition["reason"]) == ("False", "Breach")
+        assert "parity:" in condition["message"] and "parity-strict-sample:" not in condition["message"]
+        bootstrap.wait_for(
+            "a MonitoringAlert event",
+            lambda: "MonitoringAlert" in {e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}").items},
+            timeout=30,
+        )
+    finally:
+        traffic.close()
+        pods.close()

@@ -842,6 +842,9 @@ class MonitorStatus(StatusModel):
     breaching_since: str | None = Field(default=None, max_length=64)
     """When the current run of failures began."""
 
+    alerted_at: str | None = Field(default=None, max_length=64)
+    """When this breach's alert was raised (an alert fires once per breach)."""
+
 
 class MonitoringStatus(StatusModel):
     """Continuous monitoring of the stable version."""

@@ -2,8 +2,9 @@
 
 **Monitoring.** Every ``spec.monitoring.interval`` the checks run on the stable version (the
 same check types and verdicts as canary analysis). A check that keeps failing for its ``for``
-duration takes its action: ``retrain``, ``rollback`` (only inside ``rollbackWindow`` after a
-promotion, while the previous stable still runs) or ``alert``. A Pass ends the breach; NoData
+duration takes its action: ``retrain`` (at every evaluation while it lasts; the cooldown keeps
+that to one Job), ``rollback`` (only inside ``rollbackWindow`` after a promotion, while the
+previous stable still runs) or ``alert`` (once per breach). A Pass ends the breach; NoData
 and Error never trigger anything (they show in the Monitoring condition) and do not end it.
 
 **Retraining.** A trigger (a retrain action, or ``modelops retrain``) starts a Job unless one
@@ -74,17 +75,20 @@ def advance_monitoring(
         current = known.get(check.name) or MonitorStatus(name=check.name)
         evaluation = (evaluations or {}).get(check.name)
         if evaluation is not None:
-            breaching_since = current.breaching_since
+            breaching_since, alerted_at = current.breaching_since, current.alerted_at
             if evaluation.verdict == "Fail":
                 breaching_since = breaching_since or now
             elif evaluation.verdict == "Pass":
-                breaching_since = None
+                breaching_since, alerted_at = None, None
+            sustained = breaching_since is not None and _elapsed(breaching_since, now) >= duration_seconds(check.for_)
+            fires = evaluation.verdict == "Fail" and sustained and not (check.action == "alert" and alerted_at)
+            if fires and check.action == "alert":
+                alerted_at = now
             current = MonitorStatus(
                 name=check.name, verdict=evaluation.verdict, value=evaluation.value, reason=evaluation.reason[:512],
-                at=now, breaching_since=breaching_since,
+                at=now, breaching_since=breaching_since, alerted_at=alerted_at,
             )
-            sustained = breaching_since is not None and _elapsed(breaching_since, now) >= duration_seconds(check.for_)
-            if evaluation.verdict == "Fail" and sustained:
+            if fires:
                 triggered.append((check, current))
         checks.append(current)
     next_at = previous.next_evaluation_at if previous else None

@@ -133,3 +133,18 @@ def test_the_candidate_comes_from_the_termination_message() -> None:
     bad = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True, message="not json"), now=at(100))
     assert bad.completed is None and bad.status is not None and bad.status.last_run is not None
     assert bad.status.last_run.outcome == "Succeeded" and "not a candidate" in bad.status.last_run.reason
+
+
+def test_an_alert_fires_once_per_breach() -> None:
+    alerting = spec(monitoring={"interval": "10s", "checks": [{"name": "parity", "type": "fairnessGap", "attribute": "g", "max": 0.1, "for": "0s", "action": "alert"}]})
+
+    def tick(status: ModelDeploymentStatus, now: str, verdict: str):  # type: ignore[no-untyped-def]
+        outcome = advance_monitoring(alerting, status, {"parity": Evaluation(verdict, 0.3, None, "gap")}, now)
+        return outcome, status.model_copy(update={"monitoring": outcome.status})
+
+    fired = []
+    status = STABLE
+    for second, verdict in [(0, "Fail"), (10, "Fail"), (20, "Fail"), (30, "Pass"), (40, "Fail")]:
+        outcome, status = tick(status, at(second), verdict)
+        fired.append(len(outcome.triggered))
+    assert fired == [1, 0, 0, 0, 1]  # once for the first breach, once for the next

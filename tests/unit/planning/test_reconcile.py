@@ -195,3 +195,45 @@ def test_a_stable_deployment_deleted_by_hand_is_recreated() -> None:
     plan = run(world, spec(), status)
     assert [name_of(w) for w in plan.apply] == ["Deployment fraud-detector-2-1-0", "Deployment fraud-detector-2-1-0"]
     assert plan.events == []  # not a new release
+
+
+def _with_retraining(**extra: object):  # type: ignore[no-untyped-def]
+    return spec(retraining={"jobTemplate": {"template": {"spec": {"containers": [{"name": "t", "image": "trainer:1"}]}}}}, **extra)
+
+
+def test_modelops_retrain_creates_one_job_and_is_carried_out_once() -> None:
+    world = World()
+    status = run(world, _with_retraining(), ModelDeploymentStatus()).status
+    plan = planning.plan(OWNER, _with_retraining(), status, world.observed(), 1, NOW, requested_actions={"retrain": "t1"})
+    jobs = [w for w in plan.apply if w.manifest["kind"] == "Job"]
+    assert [w.manifest["metadata"]["name"] for w in jobs] == ["fraud-detector-retrain-1"]
+    assert plan.status.handled_actions.retrain == "t1"
+    assert plan.status.retraining is not None and plan.status.retraining.last_run is not None
+    assert plan.status.retraining.last_run.trigger == "requested with `modelops retrain`"
+    again = planning.plan(OWNER, _with_retraining(), plan.status, world.observed(), 1, NOW, requested_actions={"retrain": "t1"})
+    assert not [w for w in again.apply if w.manifest["kind"] == "Job"]
+
+
+def test_a_monitoring_rollback_restores_the_previous_stable_and_blocks_the_revision() -> None:
+    from modelops.planning.analysis import Evaluation
+
+    monitored = spec(monitoring={"interval": "10s", "checks": [{"name": "latency", "type": "latencyP99", "max": 0.5, "for": "0s", "action": "rollback"}]})
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 2
+    status = run(world, spec(), status).status
+    new = monitored.model_copy(update={"model": monitored.model.model_copy(update={"version": "2.2.0", "uri": "s3://m/2.2.0/"})})
+    status = run(world, new, status).status
+    world.ready["fraud-detector-2-2-0"] = 2
+    status = run(world, new, status).status
+    assert status.stable is not None and status.stable.version == "2.2.0"
+    assert status.previous is not None and status.previous.scale_down_at == "2026-11-26T12:30:00Z"  # rollbackWindow, not 30s
+
+    slow = {"latency": Evaluation("Fail", 0.9, None, "0.9 > max 0.5")}
+    plan = planning.plan(OWNER, new, status, world.observed(), 2, LATER, monitoring_evaluations=slow)
+    world.apply(plan.apply)
+    assert plan.status.stable is not None and plan.status.stable.version == "2.1.0"
+    assert plan.status.blocked_revision is not None and plan.status.blocked_revision.version == "2.2.0"
+    assert "monitoring: check latency" in plan.status.blocked_revision.reason
+    assert world.objects[("Service", "fraud-detector")]["spec"]["selector"]["modelops.dev/version"] == "2.1.0"
+    assert plan.status.phase == "Degraded"
