@@ -300,3 +300,46 @@ def test_a_fairness_gap_trips_its_check_only_with_enough_samples_per_group(
     finally:
         traffic.close()
         pods.close()
+
+
+def test_a_failed_retraining_job_is_recorded_and_not_retried_before_the_cooldown(
+    operator: Operator, admin_api: client.ApiClient, namespace: str, artifacts: tuple[str, str, str], kubectl: Any
+) -> None:
+    uri, digest, _ = artifacts
+    custom, batch = client.CustomObjectsApi(admin_api), client.BatchV1Api(admin_api)
+    unschedulable = {"nodeSelector": {"modelops.dev/no-such-node": "true"}, "containers": [{"name": "train", "image": "trainer:1"}]}
+    document = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "model": {"version": "1.0.0", "uri": uri, "digest": digest, "format": "custom"},
+            "runtime": {"image": "ghcr.io/modelops/model-server:0.1.0"},
+            # The pod can never be scheduled, so the Job fails at its deadline: a hung Job.
+            "retraining": {"jobTemplate": {"activeDeadlineSeconds": 3, "template": {"spec": unschedulable}}, "cooldown": "1h"},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+
+    def status() -> dict[str, Any]:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME).get("status") or {}
+
+    bootstrap.wait_for("Healthy", lambda: status().get("phase") == "Healthy", timeout=60)
+    environment = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    retrain = [sys.executable, "-m", "modelops.cli", "retrain", NAME, "-n", namespace]
+    subprocess.run(retrain, check=True, env=environment, capture_output=True, timeout=60)
+    bootstrap.wait_for(
+        "the run to be recorded as Failed",
+        lambda: ((status().get("retraining") or {}).get("lastRun") or {}).get("outcome") == "Failed",
+        timeout=60,
+    )
+    run = status()["retraining"]["lastRun"]
+    assert run["job"] == f"{NAME}-retrain-1" and "DeadlineExceeded" in run["reason"]
+    subprocess.run(retrain, check=True, env=environment, capture_output=True, timeout=60)
+    bootstrap.wait_for(
+        "the second request to be handled",
+        lambda: (status().get("handledActions") or {}).get("retrain") is not None
+        and status()["handledActions"]["retrain"] > run["startedAt"],
+        timeout=30,
+    )
+    time.sleep(3)
+    assert [j.metadata.name for j in batch.list_namespaced_job(namespace).items] == [f"{NAME}-retrain-1"]
+    assert status()["retraining"]["runs"] == 1

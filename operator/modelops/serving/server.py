@@ -65,6 +65,7 @@ class ServerConfig:
     monitoring: bool = True
     drift_interval_seconds: float = 10.0
     drift_window: int = 2000
+    drift_methods: tuple[str, ...] = ("psi",)
 
     @classmethod
     def from_environment(cls) -> "ServerConfig":
@@ -85,7 +86,16 @@ class ServerConfig:
             monitoring=environment.get("MODELOPS_MONITORING", "on") != "off",
             drift_interval_seconds=float(environment.get("MODELOPS_DRIFT_INTERVAL_SECONDS", "10")),
             drift_window=int(environment.get("MODELOPS_DRIFT_WINDOW", "2000")),
+            drift_methods=_drift_methods(environment.get("MODELOPS_DRIFT_METHODS", "psi")),
         )
+
+
+def _drift_methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in ("psi", "ks", "wasserstein")]
+    if unknown or not methods:
+        raise SystemExit(f"MODELOPS_DRIFT_METHODS: unknown method(s) {unknown}: choose from psi, ks, wasserstein")
+    return methods
 
 
 class Metrics:
@@ -242,7 +252,7 @@ def observe(state: ServerState, features: np.ndarray, named: dict[str, list[str]
 
 
 def evaluate_drift(state: ServerState, now: float) -> None:
-    """Exports a PSI score per feature with enough samples; below the minimum sample, no score at all."""
+    """Exports a score per feature and method with enough samples; below the minimum sample, no score at all."""
     if state.profile is None or not state.config.monitoring:
         return
     labels = state.metrics.labels
@@ -250,15 +260,18 @@ def evaluate_drift(state: ServerState, now: float) -> None:
     for feature in state.profile.features:
         window = list(state.windows[feature.name])
         sizes.append(len(window))
-        value = score(feature, window, "psi")
-        gauge = state.metrics.drift
-        if value is None:
-            try:
-                gauge.remove(*labels, feature.name, "psi")
-            except KeyError:
-                pass
-        else:
-            gauge.labels(*labels, feature.name, "psi").set(value)
+        for method in state.config.drift_methods:
+            if method != "psi" and feature.kind != "numeric":
+                continue  # KS and Wasserstein apply to numeric features only
+            value = score(feature, window, method)  # type: ignore[arg-type]
+            gauge = state.metrics.drift
+            if value is None:
+                try:
+                    gauge.remove(*labels, feature.name, method)
+                except KeyError:
+                    pass
+            else:
+                gauge.labels(*labels, feature.name, method).set(value)
     state.metrics.window.labels(*labels, "current").set(min(sizes) if sizes else 0)
     state.metrics.last_run.labels(*labels).set(now)
 
@@ -293,7 +306,9 @@ def build_app(state: ServerState) -> web.Application:
             return _json_error(error.status, str(error))
         except web.HTTPRequestEntityTooLarge:
             outcome = "client_error"
-            return _json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            response = _json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            response.force_close()  # the rest of the body is never read: do not keep this connection
+            return response
         except web.HTTPException:
             raise
         except Exception:  # noqa: BLE001 - never crash on a request; log it and answer 500

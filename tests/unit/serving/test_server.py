@@ -110,9 +110,12 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(server: RunningServer, bo
 def test_unknown_model_and_oversized_body(server: RunningServer) -> None:
     answer = server.http.post("/v2/models/other/infer", json={"inputs": []})
     assert answer.status_code == 404 and "unknown model 'other'" in answer.json()["error"]
-    huge = b'{"inputs": [' + b" " * (17 * 1024 * 1024) + b"]}"
-    answer = server.http.post("/v2/models/fraud/infer", content=huge, headers={"Content-Type": "application/json"})
+    huge = b'{"inputs": [' + b" " * (16 * 1024 * 1024) + b"]}"  # just over the 16 MiB limit
+    answer = server.http.post(
+        "/v2/models/fraud/infer", content=huge, headers={"Content-Type": "application/json", "Connection": "close"}
+    )
     assert answer.status_code == 413
+    assert "larger than" in answer.json()["error"]
 
 
 def test_a_digest_mismatch_is_refused_and_never_ready(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -157,7 +160,10 @@ def test_drift_scores_appear_only_with_enough_samples_and_rise_with_a_shift(tmp_
     profile_path = tmp_path / "profile.json"
     profile_path.write_text(json.dumps(build_profile(reference, bins=10).to_json()))
     uri, digest = artifact(tmp_path)
-    config = ServerConfig("fraud", "2.0", uri, digest, "custom", profile_uri=profile_path.as_uri(), drift_interval_seconds=3600)
+    config = ServerConfig(
+        "fraud", "2.0", uri, digest, "custom", profile_uri=profile_path.as_uri(), drift_interval_seconds=3600,
+        drift_methods=("psi", "ks"),
+    )
     running = RunningServer(config)
     try:
         from modelops.serving.server import evaluate_drift
@@ -174,6 +180,8 @@ def test_drift_scores_appear_only_with_enough_samples_and_rise_with_a_shift(tmp_
         evaluate_drift(running.state, 3.0)
         shifted = running.metrics()[("mlmon_feature_drift_score", (("feature", "a"), ("method", "psi"), ("model", "fraud"), ("version", "2.0")))]
         assert quiet < 0.1 < 1.0 < shifted
+        ks = running.metrics()[("mlmon_feature_drift_score", (("feature", "a"), ("method", "ks"), ("model", "fraud"), ("version", "2.0")))]
+        assert 0.5 < ks <= 1.0  # a two-sigma shift: most of the mass has moved
         assert running.metrics()[("mlmon_last_run_timestamp_seconds", (("model", "fraud"), ("version", "2.0")))] == 3.0
     finally:
         running.close()
