@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 STATE_DIR ?= .devcluster
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean crd run bench
+.PHONY: help install lint test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean crd run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,8 +25,11 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests ($(1))" >&2; exit 1; fi; exit $$rc
 endef
 
-test: install ## the whole suite: unit tests, then tests on the devcluster (starts it if needed)
+test: install lint ## lint, then the whole suite: unit tests and tests on the devcluster (starts it if needed)
 	$(call run_pytest,tests)
+
+lint: install ## unused or undefined names, syntax errors (ruff)
+	$(BIN)/ruff check operator tests bench
 
 unit: install ## only the tests that need no cluster
 	$(call run_pytest,tests -m "not cluster")

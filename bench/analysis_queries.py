@@ -128,7 +128,7 @@ def main() -> None:
         "rows": rows,
     }
     (RESULTS / "analysis_queries.json").write_text(json.dumps(report, indent=2))
-    print(f"\n| canaries | queries per tick (grouped) | queries per tick (per canary) | grouped, median | per canary, median | speed-up |")
+    print("\n| canaries | queries per tick (grouped) | queries per tick (per canary) | grouped, median | per canary, median | speed-up |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(

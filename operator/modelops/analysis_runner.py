@@ -103,5 +103,3 @@ def _evaluate_template(
     merged = QueryResult({**canary_result.values, **stable_result.values}, error=error)
     return replace(evaluate(check, canary_key, stable_key, merged, None), query=canary_query)
 
-
-__all__ = ["CanaryUnderAnalysis", "Check", "TickResult", "run_tick"]

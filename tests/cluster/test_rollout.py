@@ -154,7 +154,7 @@ def test_a_healthy_canary_is_promoted_through_every_step_gateway_api(rollout: Ro
         lambda: tuple(sorted(rollout.route_weights().items())),
         timeout=120,
     )
-    stable_name, canary_name = f"{NAME}-1-0-0", f"{NAME}-2-0-0"
+    canary_name = f"{NAME}-2-0-0"
     canary_weights = [dict(w).get(canary_name) for w in weights if canary_name in dict(w)]
     # Exactly the steps, in order, nothing skipped; then 100 % once promoted.
     assert canary_weights == [0, 20, 50, 100], weights

@@ -35,7 +35,7 @@ is carried out once, and its timestamp is recorded in ``status.handledActions``.
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from modelops.api.v1alpha1 import (
     BlockedRevision,
@@ -423,5 +423,3 @@ def analysis_due(status: ModelDeploymentStatus, now: str) -> bool:
         return False
     return rollout.next_analysis_at is None or _elapsed(rollout.next_analysis_at, now) >= 0
 
-
-__all__ = ["ACTIONS", "Event", "RolloutState", "advance", "analysis_due", "format_time", "parse_time", "replace"]
