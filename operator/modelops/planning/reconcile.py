@@ -204,6 +204,10 @@ def desired_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutStat
         autoscaler = children.autoscaler(owner, spec, target, track) if wants_autoscaler else None
         if autoscaler is not None:
             manifests.append(autoscaler)
+    if state.stable != target:
+        # The stable version's Service depends only on its version, so it is repaired even while
+        # the spec describes another version (its Deployment is not: the spec no longer holds it).
+        manifests.append(children.version_service(owner, state.stable, "stable"))
     manifests.append(routers.entry_service(owner, spec, state.stable, live_canary, state.weight))
     route = routers.http_route(owner, spec, state.stable, live_canary, state.weight)
     if route is not None:

@@ -237,3 +237,17 @@ def test_a_monitoring_rollback_restores_the_previous_stable_and_blocks_the_revis
     assert "monitoring: check latency" in plan.status.blocked_revision.reason
     assert world.objects[("Service", "fraud-detector")]["spec"]["selector"]["modelops.dev/version"] == "2.1.0"
     assert plan.status.phase == "Degraded"
+
+
+def test_the_stable_service_is_repaired_during_a_canary() -> None:
+    world = World()
+    status = run(world, spec(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 2
+    status = run(world, spec(), status).status
+    new = spec(model={"version": "2.2.0", "uri": "s3://m/2.2.0/"}, rollout={"steps": [{"pause": {}}]})
+    status = run(world, new, status).status
+    assert run(world, new, status).apply == []  # nothing to repair: no write
+    world.delete([("Service", "fraud-detector-2-1-0")])
+    plan = run(world, new, status)
+    assert [name_of(w) for w in plan.apply] == ["Service fraud-detector-2-1-0"]
+    assert world.objects[("Service", "fraud-detector-2-1-0")]["metadata"]["labels"]["modelops.dev/track"] == "stable"
