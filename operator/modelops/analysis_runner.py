@@ -6,9 +6,13 @@ Each query is narrowed to the due canaries' namespaces and models (``scope_match
 Prometheus reads only their series, not every model's in the cluster.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+from pydantic import ValidationError
+
+from modelops.api import v1alpha1
 from modelops.api.v1alpha1 import Check
 from modelops.planning.analysis import (
     Evaluation,
@@ -20,6 +24,8 @@ from modelops.planning.analysis import (
     single_sample,
     value_query,
 )
+from modelops.planning.monitoring import monitoring_due
+from modelops.planning.rollout import analysis_due
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,39 @@ def _evaluate_template(
     merged = QueryResult({**canary_result.values, **stable_result.values}, error=error)
     return replace(evaluate(check, canary_key, stable_key, merged, None), query=canary_query)
 
+
+def _parsed(
+    bodies: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> Iterator[tuple[str, str, v1alpha1.ModelDeploymentSpec, v1alpha1.ModelDeploymentStatus]]:
+    """(namespace, name, spec, status) of every body the models accept (others are skipped)."""
+    for (namespace, name), body in bodies.items():
+        try:
+            spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+            status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            continue
+        yield namespace, name, spec, status
+
+
+def due_canaries(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
+    """Live canaries whose checks should run now, with the revision they are for."""
+    due = []
+    for namespace, name, spec, status in _parsed(bodies):
+        if status.stable is None or status.rollout is None or not analysis_due(status, now):
+            continue
+        if status.rollout.revision != spec.model.version or spec.rollout.skip_analysis:
+            continue
+        revision = status.rollout.revision
+        due.append((CanaryUnderAnalysis(namespace, name, status.stable.version, revision, spec.rollout.analysis.checks), revision))
+    return due
+
+
+def due_monitors(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
+    """Stable versions whose monitoring checks should run now, with the version they are for."""
+    due = []
+    for namespace, name, spec, status in _parsed(bodies):
+        if spec.monitoring is None or status.stable is None or not monitoring_due(spec, status, now):
+            continue
+        version = status.stable.version
+        due.append((CanaryUnderAnalysis(namespace, name, version, version, spec.monitoring.checks), version))
+    return due

@@ -31,17 +31,14 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
-from pydantic import ValidationError
 
-from modelops.analysis_runner import CanaryUnderAnalysis, run_tick
+from modelops.analysis_runner import CanaryUnderAnalysis, due_canaries, due_monitors, run_tick
 from modelops.api import v1alpha1
 from modelops.kube.api import ApiError, KubernetesClusterApi
 from modelops.metrics import operator_metrics as metrics
 from modelops.metrics.prometheus import Prometheus, PrometheusConfig
 from modelops.planning.analysis import Evaluation, QueryResult
 from modelops.planning.children import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
-from modelops.planning.monitoring import monitoring_due
-from modelops.planning.rollout import analysis_due
 from modelops.reconciler import Outcome, reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELOPS_RESYNC_SECONDS", "60"))
@@ -227,44 +224,6 @@ async def _periodic_passes(memo: kopf.Memo) -> None:
                 await asyncio.to_thread(_run_pass, namespace, name, memo, log)
             except Exception:  # noqa: BLE001 - one broken object must not stop the periodic pass
                 log.exception("periodic pass of %s/%s failed", namespace, name)
-
-
-def due_canaries(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
-    """Live canaries whose checks should run now, with the revision they are for."""
-    due = []
-    for (namespace, name), body in bodies.items():
-        try:
-            status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
-            spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
-            continue
-        if status.stable is None or status.rollout is None or not analysis_due(status, now):
-            continue
-        if status.rollout.revision != spec.model.version or spec.rollout.skip_analysis:
-            continue
-        due.append(
-            (
-                CanaryUnderAnalysis(namespace, name, status.stable.version, status.rollout.revision, spec.rollout.analysis.checks),
-                status.rollout.revision,
-            )
-        )
-    return due
-
-
-def due_monitors(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
-    """Stable versions whose monitoring checks should run now, with the version they are for."""
-    due = []
-    for (namespace, name), body in bodies.items():
-        try:
-            status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
-            spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
-            continue
-        if spec.monitoring is None or status.stable is None or not monitoring_due(spec, status, now):
-            continue
-        version = status.stable.version
-        due.append((CanaryUnderAnalysis(namespace, name, version, version, spec.monitoring.checks), version))
-    return due
 
 
 def _query(memo: kopf.Memo, promql: str) -> QueryResult:

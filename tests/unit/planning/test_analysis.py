@@ -188,3 +188,22 @@ def test_grouped_queries_are_narrowed_to_the_due_canaries() -> None:
     assert query.count('namespace=~"ml|risk", model=~"churn|fraud"') == 3  # every selector in the query
     assert scope_matchers([("ml", "Not.A.Label")]) == ""  # never a regex built from unexpected text
     assert scope_matchers(pair for pair in [("ml", "fraud")]) == ', namespace=~"ml", model=~"fraud"'  # any iterable
+
+
+def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
+    from modelops.analysis_runner import due_canaries, due_monitors
+
+    spec = {
+        "model": {"version": "2", "uri": "s3://m/2/"},
+        "runtime": {"image": "registry.example/server:1"},
+        "rollout": {"analysis": {"checks": [{"name": "latency", "type": "latencyP99", "max": 0.2}]}},
+        "monitoring": {"checks": [{"name": "drift", "type": "featureDrift", "max": 0.2}]},
+    }
+    live = {"stable": {"version": "1", "deployment": "m-1"},
+            "rollout": {"revision": "2", "stepStartedAt": "t", "lastProgressAt": "t", "nextAnalysisAt": "2026-11-26T12:00:00Z"}}
+    bodies = {("ml", "m"): {"spec": spec, "status": live}, ("ml", "broken"): {"spec": {"model": {}}, "status": {}}}
+    [(canary, revision)] = due_canaries(bodies, "2026-11-26T12:00:01Z")
+    assert (canary.name, canary.stable_version, canary.canary_version, revision) == ("m", "1", "2", "2")
+    assert due_canaries(bodies, "2026-11-26T11:59:59Z") == []  # not yet due
+    [(monitor, version)] = due_monitors(bodies, "2026-11-26T12:00:01Z")
+    assert (monitor.canary_version, version, [c.name for c in monitor.checks]) == ("1", "1", ["drift"])
