@@ -200,7 +200,8 @@ def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
         "monitoring": {"checks": [{"name": "drift", "type": "featureDrift", "max": 0.2}]},
     }
     live = {"stable": {"version": "1", "deployment": "m-1"},
-            "rollout": {"revision": "2", "stepStartedAt": "t", "lastProgressAt": "t", "nextAnalysisAt": "2026-11-26T12:00:00Z"}}
+            "rollout": {"revision": "2", "stepStartedAt": "t", "lastProgressAt": "t", "nextAnalysisAt": "2026-11-26T12:00:00Z",
+                        "checks": [{"name": "latency", "type": "latencyP99"}]}}
     bodies = {("ml", "m"): {"spec": spec, "status": live}, ("ml", "broken"): {"spec": {"model": {}}, "status": {}}}
     [(canary, revision)] = due_canaries(bodies, "2026-11-26T12:00:01Z")
     assert (canary.name, canary.stable_version, canary.canary_version, revision) == ("m", "1", "2", "2")
