@@ -324,6 +324,22 @@ def status(state_dir: Path) -> None:
 
 @devcluster.command()
 @_state_dir_option
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Only pods in these namespaces (default: all).")
+def pods(state_dir: Path, namespaces: tuple[str, ...]) -> None:
+    """Dev only: run `modelops serve` locally for every model-server pod (a kubelet stand-in; see docs/devcluster.md)."""
+    import logging
+
+    from modelops.devcluster import bootstrap
+    from modelops.devcluster.podrunner import PodRunner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = _running_cluster(state_dir)
+    with bootstrap.api_client(state.kubeconfig) as api:
+        PodRunner(api, state.root, namespaces).run_forever()
+
+
+@devcluster.command()
+@_state_dir_option
 def env(state_dir: Path) -> None:
     """Print `export KUBECONFIG=... PROMETHEUS_URL=...` for `eval "$(modelops devcluster env)"`."""
     state = _running_cluster(state_dir)

@@ -1,0 +1,155 @@
+"""A dev-only stand-in for the kubelet's job, for model server pods: runs them as local processes.
+
+kwok makes pods Ready without running anything, and pod IPs here are fake. For the demo and
+end-to-end tests, this runner watches the cluster's pods and, for every Running pod whose
+container runs the reference model server, starts ``modelops serve`` on a loopback port with the
+pod's environment. It registers the process with Prometheus under the pod's ``namespace`` and
+``pod`` labels, and stops it when the pod goes away. The operator knows nothing of this: it sees
+only the Kubernetes API and Prometheus, as in production.
+
+Where each pod's server listens is written to ``<state>/pods/<namespace>/<pod>.json``
+(``{"port", "model", "version"}``), so traffic generators can find the versions' endpoints.
+
+**Never use this outside the devcluster**: it runs whatever the pod's env says, on this machine.
+"""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from modelops.devcluster import targets
+
+log = logging.getLogger(__name__)
+SERVER_IMAGE_MARKER = "model-server"
+REQUEST_TIMEOUT_SECONDS = 10
+STOP_GRACE_SECONDS = 10
+
+
+@dataclass
+class RunningPod:
+    uid: str
+    namespace: str
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    target: str
+    endpoint_file: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serves_models(pod: client.V1Pod) -> bool:
+    """A Running pod whose first container is the reference model server."""
+    containers = pod.spec.containers if pod.spec else []
+    return bool(
+        pod.status and pod.status.phase == "Running" and not pod.metadata.deletion_timestamp
+        and containers and SERVER_IMAGE_MARKER in (containers[0].image or "")
+    )
+
+
+def pod_environment(pod: client.V1Pod) -> dict[str, str]:
+    """Literal env values of the first container (valueFrom needs a kubelet; it is skipped with a warning)."""
+    environment: dict[str, str] = {}
+    for variable in pod.spec.containers[0].env or []:
+        if variable.value_from is not None:
+            log.warning("%s/%s: env %s comes from a Secret or ConfigMap; not supported here", pod.metadata.namespace, pod.metadata.name, variable.name)
+            continue
+        environment[variable.name] = variable.value or ""
+    return environment
+
+
+class PodRunner:
+    """Keeps one ``modelops serve`` process per Running model-server pod."""
+
+    def __init__(self, api: client.ApiClient, state_dir: Path, namespaces: tuple[str, ...] = ()) -> None:
+        self.core = client.CoreV1Api(api)
+        self.targets_dir = state_dir / "prometheus" / "targets"
+        self.endpoints_dir = state_dir / "pods"
+        self.logs_dir = state_dir / "logs" / "pods"
+        self.namespaces = namespaces
+        self.running: dict[str, RunningPod] = {}
+
+    def _pods(self) -> list[client.V1Pod]:
+        if self.namespaces:
+            return [pod for ns in self.namespaces for pod in self.core.list_namespaced_pod(ns, _request_timeout=REQUEST_TIMEOUT_SECONDS).items]
+        return list(self.core.list_pod_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT_SECONDS).items)
+
+    def sync(self) -> None:
+        """Starts servers for new model pods and stops those whose pod is gone."""
+        wanted = {pod.metadata.uid: pod for pod in self._pods() if serves_models(pod)}
+        for uid in [uid for uid in self.running if uid not in wanted]:
+            self._stop(self.running.pop(uid))
+        for uid, pod in wanted.items():
+            current = self.running.get(uid)
+            if current is not None and current.process.poll() is None:
+                continue
+            if current is not None:
+                log.warning("server for %s/%s exited with %s; restarting it", current.namespace, current.name, current.process.returncode)
+                self._stop(current)
+            self.running[uid] = self._start(pod)
+
+    def _start(self, pod: client.V1Pod) -> RunningPod:
+        namespace, name = pod.metadata.namespace, pod.metadata.name
+        port = _free_port()
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL", "KUBE"))} | pod_environment(pod)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.logs_dir / f"{namespace}_{name}.log").open("ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "modelops.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        target = f"pod-{namespace}-{name}"[:63].rstrip("-.").lower()
+        targets.register(self.targets_dir, target, f"127.0.0.1:{port}", {"namespace": namespace, "pod": name})
+        endpoint_file = self.endpoints_dir / namespace / f"{name}.json"
+        endpoint_file.parent.mkdir(parents=True, exist_ok=True)
+        endpoint = {"port": port, "model": environment.get("MODEL_NAME", ""), "version": environment.get("MODEL_VERSION", "")}
+        endpoint_file.write_text(json.dumps(endpoint))
+        log.info("started modelops serve for %s/%s on 127.0.0.1:%d", namespace, name, port)
+        return RunningPod(pod.metadata.uid, namespace, name, port, process, target, endpoint_file)
+
+    def _stop(self, running: RunningPod) -> None:
+        targets.unregister(self.targets_dir, running.target)
+        running.endpoint_file.unlink(missing_ok=True)
+        if running.process.poll() is None:
+            running.process.terminate()
+            try:
+                running.process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.wait()
+        log.info("stopped the server of %s/%s", running.namespace, running.name)
+
+    def close(self) -> None:
+        for running in list(self.running.values()):
+            self._stop(running)
+        self.running.clear()
+
+    def run_forever(self, interval: float = 1.0) -> None:
+        try:
+            while True:
+                try:
+                    self.sync()
+                except client.ApiException as error:
+                    log.warning("cannot list pods: %s", error.reason)
+                time.sleep(interval)
+        finally:
+            self.close()
+
+
+def endpoints(state_dir: Path, namespace: str) -> list[dict[str, Any]]:
+    """The endpoints the runner has published for a namespace (for traffic generators)."""
+    folder = state_dir / "pods" / namespace
+    return [json.loads(path.read_text()) | {"pod": path.stem} for path in sorted(folder.glob("*.json"))] if folder.exists() else []
