@@ -52,8 +52,9 @@ tools-gomod: ## regenerate hack/tools/go.mod and go.sum from the pinned versions
 clean: ## remove the venv and caches in the tree (not the binary cache in ~/.cache/modelops)
 	rm -rf $(VENV) .pytest_cache build dist operator/*.egg-info
 
-crd: install ## regenerate crds/ from the API models
+crd: install ## regenerate crds/ and docs/api-reference.md from the API models
 	$(BIN)/modelops crd --output-dir crds
+	$(BIN)/python -m modelops.api.reference > docs/api-reference.md
 
 run: install ## run the operator against $$KUBECONFIG (all namespaces)
 	$(BIN)/modelops run --all-namespaces

@@ -77,3 +77,13 @@ def test_every_example_parses_with_the_models() -> None:
         document = yaml.safe_load(path.read_text())
         assert document["kind"] == "ModelDeployment", path
         v1alpha1.ModelDeployment.model_validate(document)
+
+
+def test_committed_api_reference_is_current() -> None:
+    from modelops.api import reference
+
+    committed = COMMITTED.parents[1] / "docs" / "api-reference.md"
+    assert committed.read_text() == reference.render(), "docs/api-reference.md is stale: run `make crd`"
+    text = committed.read_text()
+    for section in ("## ModelDeployment.spec.rollout.analysis.checks", "## ModelDeployment.status.rollout", "## ClusterMetricTemplate.spec"):
+        assert section in text
