@@ -110,23 +110,29 @@ def _evaluate_template(
     return replace(evaluate(check, canary_key, stable_key, merged, None), query=canary_query)
 
 
-def _parsed(
-    bodies: Mapping[tuple[str, str], Mapping[str, Any]],
-) -> Iterator[tuple[str, str, v1alpha1.ModelDeploymentSpec, v1alpha1.ModelDeploymentStatus]]:
-    """(namespace, name, spec, status) of every body the models accept (others are skipped)."""
-    for (namespace, name), body in bodies.items():
-        try:
-            spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
-            status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
-        except ValidationError:
-            continue
-        yield namespace, name, spec, status
+Watched = tuple[v1alpha1.ModelDeploymentSpec, v1alpha1.ModelDeploymentStatus]
 
 
-def due_canaries(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
+def parse_watched(body: Mapping[str, Any]) -> Watched | None:
+    """A watched body's spec and status, parsed once when it arrives (None when the models refuse it)."""
+    try:
+        spec = v1alpha1.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        status = v1alpha1.ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return None
+    return spec, status
+
+
+def _parsed(watched: Mapping[tuple[str, str], Watched | None]) -> Iterator[tuple[str, str, v1alpha1.ModelDeploymentSpec, v1alpha1.ModelDeploymentStatus]]:
+    for (namespace, name), parsed in watched.items():
+        if parsed is not None:
+            yield namespace, name, *parsed
+
+
+def due_canaries(watched: Mapping[tuple[str, str], Watched | None], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
     """Live canaries whose checks should run now, with the revision they are for."""
     due = []
-    for namespace, name, spec, status in _parsed(bodies):
+    for namespace, name, spec, status in _parsed(watched):
         if status.stable is None or status.rollout is None or not analysis_due(status, now):
             continue
         if status.rollout.revision != spec.model.version or spec.rollout.skip_analysis:
@@ -136,10 +142,10 @@ def due_canaries(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) 
     return due
 
 
-def due_monitors(bodies: Mapping[tuple[str, str], Mapping[str, Any]], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
+def due_monitors(watched: Mapping[tuple[str, str], Watched | None], now: str) -> list[tuple[CanaryUnderAnalysis, str]]:
     """Stable versions whose monitoring checks should run now, with the version they are for."""
     due = []
-    for namespace, name, spec, status in _parsed(bodies):
+    for namespace, name, spec, status in _parsed(watched):
         if spec.monitoring is None or status.stable is None or not monitoring_due(spec, status, now):
             continue
         version = status.stable.version

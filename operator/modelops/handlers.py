@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from modelops.analysis_runner import CanaryUnderAnalysis, due_canaries, due_monitors, run_tick
+from modelops.analysis_runner import CanaryUnderAnalysis, Watched, due_canaries, due_monitors, parse_watched, run_tick
 from modelops.api import v1alpha1
 from modelops.kube.api import ApiError, KubernetesClusterApi
 from modelops.metrics import operator_metrics as metrics
@@ -47,7 +47,9 @@ FINALIZER = "modelops.dev/finalizer"
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _guard = threading.Lock()
-_bodies: dict[tuple[str, str], dict[str, Any]] = {}  # last body seen on the watch, per live ModelDeployment
+# Every live ModelDeployment, with the spec and status last seen on the watch, parsed once on arrival
+# (None when the models refuse it): the analysis tick reads these instead of re-parsing every body.
+_watched: dict[tuple[str, str], Watched | None] = {}
 log = logging.getLogger("modelops")
 
 
@@ -165,7 +167,9 @@ def _report(
         metrics.analysis_checks.labels(namespace, name, check, evaluation.verdict).inc()
     if outcome.canary_weight is not None:
         metrics.canary_weight.labels(namespace, name).set(outcome.canary_weight)
-    if outcome.errors:
+    if outcome.errors and outcome.status_written:
+        # Only when the failure is new or different (its status changed): a persisting failure
+        # must not post an Event on every pass.
         memo.cluster.post_event(body, "Warning", "ReconcileFailed", "; ".join(outcome.errors))
     if outcome.wrote:
         logger.info(
@@ -183,9 +187,9 @@ def modeldeployment_changed(
     key = (namespace, name)
     with _guard:
         if type == "DELETED":
-            _bodies.pop(key, None)
+            _watched.pop(key, None)
         else:
-            _bodies[key] = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+            _watched[key] = parse_watched({"spec": dict(body.spec), "status": dict(body.status)})
     if type == "DELETED":
         _forget_metrics(namespace, name)
         return
@@ -203,7 +207,7 @@ def _forget_metrics(namespace: str, name: str) -> None:
 def child_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     namespace, owner = body.metadata.namespace, (body.metadata.labels or {}).get(LABEL_DEPLOYMENT)
     with _guard:
-        known = (namespace, owner) in _bodies
+        known = (namespace, owner) in _watched
     if owner and known:
         _run_pass(namespace, owner, memo, logger)
 
@@ -218,7 +222,7 @@ async def _periodic_passes(memo: kopf.Memo) -> None:
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         with _guard:
-            keys = sorted(_bodies)
+            keys = sorted(_watched)
         for namespace, name in keys:
             try:
                 await asyncio.to_thread(_run_pass, namespace, name, memo, log)
@@ -252,9 +256,9 @@ def _templates(memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> d
 def _analysis_tick(memo: kopf.Memo) -> None:
     """Canary analysis for every due canary, then monitoring for every due stable version."""
     with _guard:
-        bodies = dict(_bodies)
+        watched = dict(_watched)
     now = _now()
-    due = due_canaries(bodies, now)
+    due = due_canaries(watched, now)
     if due:
         tick = run_tick([canary for canary, _ in due], lambda promql: _query(memo, promql), _templates(memo, due))
         metrics.analysis_tick_queries.set(tick.queries)
@@ -262,7 +266,7 @@ def _analysis_tick(memo: kopf.Memo) -> None:
         for canary, revision in due:
             evaluations = tick.evaluations[(canary.namespace, canary.name)]
             _guarded(_run_pass, canary.namespace, canary.name, memo, log, evaluations, revision)
-    monitors = due_monitors(bodies, now)
+    monitors = due_monitors(watched, now)
     if monitors:
         tick = run_tick([monitor for monitor, _ in monitors], lambda promql: _query(memo, promql), _templates(memo, monitors))
         for monitor, version in monitors:

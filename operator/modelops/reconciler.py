@@ -7,12 +7,12 @@ No kopf here: the handlers in ``modelops.handlers`` call :func:`reconcile`.
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from pydantic import ValidationError
 
-from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, Track
+from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, RetrainingRun, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
 from modelops import notify
@@ -87,11 +87,11 @@ def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | N
     found = cluster.list_children(owner.namespace, owner.name, owner.uid)
     jobs = {}
     for job in found.get("Job", []):
-        message = None
-        finished = observe_job(job, None)
-        if status is not None and finished.succeeded and _wants_message(status, job):
-            message = cluster.termination_message(owner.namespace, job["metadata"]["name"])
-        jobs[job["metadata"]["name"]] = observe_job(job, message)
+        observed_job = observe_job(job, None)
+        if status is not None and observed_job.succeeded and _wants_message(status, job):
+            message = cluster.termination_message(owner.namespace, observed_job.name)
+            observed_job = replace(observed_job, termination_message=message)
+        jobs[observed_job.name] = observed_job
     versions: dict[tuple[str, str], str] = {}
     for kind, items in found.items():
         for item in items:
@@ -158,7 +158,7 @@ def requested_actions(metadata: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def _with_notification(status: ModelDeploymentStatus, url: str, owner: Owner, run: Any) -> ModelDeploymentStatus:
+def _with_notification(status: ModelDeploymentStatus, url: str, owner: Owner, run: RetrainingRun) -> ModelDeploymentStatus:
     """POSTs the candidate once (when its run completes) and records whether it was accepted."""
     delivered = notify.post_candidate(url, owner.namespace, owner.name, run)
     retraining = status.retraining
@@ -198,12 +198,13 @@ def reconcile(
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
     )
-    created: set[str] = set()
+    created: set[tuple[str, str]] = set()  # children this pass creates: checked once, not once per write
     for write in plan.apply:
+        key = (write.manifest["kind"], write.manifest["metadata"]["name"])
         try:
-            if observed.get(write.manifest["kind"], write.manifest["metadata"]["name"]) is None and write.label not in created:
+            if observed.get(*key) is None and key not in created:
                 _refuse_foreign(cluster, owner, write)
-                created.add(write.label)
+                created.add(key)
             cluster.apply(write.manifest, write.field_manager)
             outcome.applied.append(write.label)
         except ApiError as error:

@@ -629,10 +629,14 @@ Track = Literal["stable", "canary"]
 Outcome = Literal["Promoted", "RolledBack", "Superseded", "Aborted"]
 
 
-class Condition(ApiModel):
-    """A Kubernetes-style condition (metav1.Condition)."""
+class StatusModel(ApiModel):
+    """Base of status types: written by the operator only, so unknown fields are ignored, not refused."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
 
     type: str = Field(max_length=316)
     """Ready, Progressing or Degraded."""
@@ -653,10 +657,8 @@ class Condition(ApiModel):
     """The .metadata.generation the condition was computed for."""
 
 
-class VersionStatus(ApiModel):
+class VersionStatus(StatusModel):
     """A version that is serving."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     version: str = Field(max_length=63)
     """The model version."""
@@ -674,10 +676,8 @@ class VersionStatus(ApiModel):
     """Percentage of traffic this version receives."""
 
 
-class HistoryEntry(ApiModel):
+class HistoryEntry(StatusModel):
     """What happened to one revision."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     version: str = Field(max_length=63)
     """The model version."""
@@ -693,10 +693,6 @@ class HistoryEntry(ApiModel):
 
 
 Verdict = Literal["Pass", "Fail", "NoData", "Error"]
-
-
-class StatusModel(ApiModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class Measurement(StatusModel):
@@ -916,10 +912,8 @@ class RetrainingStatus(StatusModel):
     """The latest run."""
 
 
-class ModelDeploymentStatus(ApiModel):
+class ModelDeploymentStatus(StatusModel):
     """Observed state, written only by the operator."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     observed_generation: int | None = None
     """The .metadata.generation this status describes."""

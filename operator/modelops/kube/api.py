@@ -11,7 +11,8 @@ apiserver's message.
 import datetime
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubernetes import client
@@ -23,7 +24,6 @@ from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MA
 REQUEST_TIMEOUT_SECONDS = 15
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 log = logging.getLogger(__name__)
-CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler")
 
 
 class ApiError(Exception):
@@ -42,6 +42,19 @@ def _error(error: ApiException) -> ApiError:
     except (ValueError, AttributeError):
         pass
     return ApiError(int(error.status or 0), str(message))
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """The client methods for one kind of child (``patch`` None: created, never updated)."""
+
+    api_version: str
+    list: Callable[..., Any]
+    read: Callable[..., Any]
+    patch: Callable[..., Any] | None
+    delete: Callable[..., Any]
+    create: Callable[..., Any] | None = None
+    optional: bool = False  # its API may be absent from the cluster
 
 
 class ClusterApi(Protocol):
@@ -99,35 +112,66 @@ class KubernetesClusterApi:
             raise _error(error) from error
         return str((found.get("spec") or {}).get("query", "")) or None
 
-    def _serialize(self, items: list[Any]) -> list[dict[str, Any]]:
-        return [self._client.sanitize_for_serialization(item) for item in items]
+    def _serialize(self, item: Any) -> dict[str, Any]:
+        return dict(self._client.sanitize_for_serialization(item))
+
+    def _kinds(self) -> dict[str, _Kind]:
+        """How each child kind is listed, read, written and deleted: the one place that knows the client's methods."""
+        custom = self._custom
+
+        def route(method: Callable[..., Any]) -> Callable[..., Any]:
+            """A custom-objects method bound to the Gateway API's group, version and plural."""
+            return lambda namespace, *args, **kwargs: method(GATEWAY_GROUP, "v1", namespace, "httproutes", *args, **kwargs)
+
+        return {
+            "Deployment": _Kind(
+                "apps/v1", self._apps.list_namespaced_deployment, self._apps.read_namespaced_deployment,
+                self._apps.patch_namespaced_deployment, self._apps.delete_namespaced_deployment,
+            ),
+            "Service": _Kind(
+                "v1", self._core.list_namespaced_service, self._core.read_namespaced_service,
+                self._core.patch_namespaced_service, self._core.delete_namespaced_service,
+            ),
+            "HorizontalPodAutoscaler": _Kind(
+                "autoscaling/v2", self._autoscaling.list_namespaced_horizontal_pod_autoscaler,
+                self._autoscaling.read_namespaced_horizontal_pod_autoscaler,
+                self._autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                self._autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+            ),
+            # The Gateway API may not be installed: listing routes then finds none.
+            "HTTPRoute": _Kind(
+                f"{GATEWAY_GROUP}/v1",
+                route(custom.list_namespaced_custom_object),
+                lambda name, namespace, **kw: route(custom.get_namespaced_custom_object)(namespace, name, **kw),
+                lambda name, namespace, body, **kw: route(custom.patch_namespaced_custom_object)(namespace, name, body, **kw),
+                lambda name, namespace, **kw: route(custom.delete_namespaced_custom_object)(namespace, name, **kw),
+                optional=True,
+            ),
+            # Jobs are created, never updated: their template is immutable.
+            "Job": _Kind(
+                "batch/v1", self._batch.list_namespaced_job, self._batch.read_namespaced_job,
+                None, self._batch.delete_namespaced_job, create=self._batch.create_namespaced_job,
+            ),
+        }
 
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
         """Children labelled for ``owner`` and controlled by its uid (a copied label alone is not enough)."""
         selector = f"{LABEL_DEPLOYMENT}={owner},{LABEL_MANAGED_BY}={MANAGED_BY}"
-        listers = {
-            "Deployment": ("apps/v1", self._apps.list_namespaced_deployment),
-            "Service": ("v1", self._core.list_namespaced_service),
-            "HorizontalPodAutoscaler": ("autoscaling/v2", self._autoscaling.list_namespaced_horizontal_pod_autoscaler),
-        }
         result: dict[str, list[dict[str, Any]]] = {}
-        for kind, (api_version, lister) in listers.items():
+        for kind, operations in self._kinds().items():
             try:
-                items = lister(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS).items
+                answer = self._serialize(operations.list(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS))
             except ApiException as error:
+                if error.status == 404 and operations.optional:
+                    result[kind] = []
+                    continue
                 raise _error(error) from error
             # Items of a list carry no apiVersion/kind; put them back so objects compare like manifests.
             result[kind] = [
-                {"apiVersion": api_version, "kind": kind, **item}
-                for item in self._serialize(items)
+                {"apiVersion": operations.api_version, "kind": kind, **item}
+                for item in answer.get("items") or []
                 if _controlled_by(item, owner_uid)
             ]
-        result["HTTPRoute"] = self._list_routes(namespace, selector, owner_uid)
-        try:
-            jobs = self._batch.list_namespaced_job(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS).items
-        except ApiException as error:
-            raise _error(error) from error
-        result["Job"] = [{"apiVersion": "batch/v1", "kind": "Job", **item} for item in self._serialize(jobs) if _controlled_by(item, owner_uid)]
         return result
 
     def termination_message(self, namespace: str, job: str) -> str | None:
@@ -146,34 +190,15 @@ class KubernetesClusterApi:
                     messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
         return max(messages, key=lambda item: str(item[0]))[1] if messages else None
 
-    def _list_routes(self, namespace: str, selector: str, owner_uid: str) -> list[dict[str, Any]]:
-        """Owned HTTPRoutes; none when the Gateway API is not installed (the gatewayAPI router then fails to apply)."""
-        try:
-            answer = self._custom.list_namespaced_custom_object(
-                GATEWAY_GROUP, "v1", namespace, "httproutes", label_selector=selector,
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return []
-            raise _error(error) from error
-        return [item for item in answer.get("items", []) if _controlled_by(item, owner_uid)]
-
     def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:
-        kind, metadata = manifest["kind"], manifest["metadata"]
-        if kind == "HTTPRoute":
-            self._apply_route(manifest, field_manager)
-            return
-        if kind == "Job":
-            self._create_job(manifest)
-            return
-        patchers = {
-            "Deployment": self._apps.patch_namespaced_deployment,
-            "Service": self._core.patch_namespaced_service,
-            "HorizontalPodAutoscaler": self._autoscaling.patch_namespaced_horizontal_pod_autoscaler,
-        }
+        """Server-side apply under ``field_manager``, forced. Kinds without patch are created; an existing one is kept."""
+        operations, metadata = self._kinds()[manifest["kind"]], manifest["metadata"]
         try:
-            patchers[kind](
+            if operations.patch is None:
+                assert operations.create is not None
+                operations.create(metadata["namespace"], dict(manifest), _request_timeout=REQUEST_TIMEOUT_SECONDS)
+                return
+            operations.patch(
                 metadata["name"],
                 metadata["namespace"],
                 dict(manifest),
@@ -183,78 +208,24 @@ class KubernetesClusterApi:
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
         except ApiException as error:
+            if error.status == 409 and operations.patch is None:
+                return
             raise _error(error) from error
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         """Controller uids of an existing object (None when there is no such object)."""
-        if kind == "Job":
-            try:
-                found_job = self._batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            except ApiException as error:
-                if error.status == 404:
-                    return None
-                raise _error(error) from error
-            return [reference.uid for reference in found_job.metadata.owner_references or [] if reference.controller]
-        if kind == "HTTPRoute":
-            try:
-                found = self._custom.get_namespaced_custom_object(
-                    GATEWAY_GROUP, "v1", namespace, "httproutes", name, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            except ApiException as error:
-                if error.status == 404:
-                    return None
-                raise _error(error) from error
-            references = found.get("metadata", {}).get("ownerReferences") or []
-            return [reference["uid"] for reference in references if reference.get("controller")]
-        readers = {
-            "Deployment": self._apps.read_namespaced_deployment,
-            "Service": self._core.read_namespaced_service,
-            "HorizontalPodAutoscaler": self._autoscaling.read_namespaced_horizontal_pod_autoscaler,
-        }
         try:
-            found = readers[kind](name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            found = self._serialize(self._kinds()[kind].read(name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise _error(error) from error
-        return [reference.uid for reference in found.metadata.owner_references or [] if reference.controller]
-
-    def _create_job(self, manifest: Mapping[str, Any]) -> None:
-        """Jobs are created, never updated (their template is immutable); an existing one is left as it is."""
-        try:
-            self._batch.create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest), _request_timeout=REQUEST_TIMEOUT_SECONDS)
-        except ApiException as error:
-            if error.status != 409:
-                raise _error(error) from error
-
-    def _apply_route(self, manifest: Mapping[str, Any], field_manager: str) -> None:
-        metadata = manifest["metadata"]
-        try:
-            self._custom.patch_namespaced_custom_object(
-                GATEWAY_GROUP, "v1", metadata["namespace"], "httproutes", metadata["name"], dict(manifest),
-                field_manager=field_manager, force=True, _content_type="application/apply-patch+yaml",
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
-            )
-        except ApiException as error:
-            raise _error(error) from error
+        references = found.get("metadata", {}).get("ownerReferences") or []
+        return [reference["uid"] for reference in references if reference.get("controller")]
 
     def delete(self, namespace: str, kind: str, name: str) -> None:
-        if kind == "HTTPRoute":
-            try:
-                self._custom.delete_namespaced_custom_object(
-                    GATEWAY_GROUP, "v1", namespace, "httproutes", name, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            except ApiException as error:
-                if error.status != 404:
-                    raise _error(error) from error
-            return
-        deleters = {
-            "Deployment": self._apps.delete_namespaced_deployment,
-            "Service": self._core.delete_namespaced_service,
-            "HorizontalPodAutoscaler": self._autoscaling.delete_namespaced_horizontal_pod_autoscaler,
-        }
         try:
-            deleters[kind](name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            self._kinds()[kind].delete(name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_SECONDS)
         except ApiException as error:
             if error.status != 404:
                 raise _error(error) from error

@@ -27,6 +27,8 @@ from modelops.api.v1alpha1 import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
+    RetrainingRun,
+    RetrainingStatus,
     Track,
     VersionStatus,
 )
@@ -123,7 +125,7 @@ class Plan:
     state: RolloutState
     changing: frozenset[str] = frozenset()
     monitoring: MonitoringOutcome | None = None
-    completed_run: Any = None  # a retraining run that just produced a candidate (to announce)
+    completed_run: RetrainingRun | None = None  # a retraining run that just produced a candidate (to announce)
 
 
 def wanted_replicas(spec: ModelDeploymentSpec, found: ObservedDeployment | None) -> int:
@@ -265,7 +267,7 @@ def compute_status(
     errors: Sequence[str] = (),
     changing: frozenset[str] = frozenset(),
     monitoring: MonitoringOutcome | None = None,
-    retraining: Any = None,
+    retraining: RetrainingStatus | None = None,
 ) -> ModelDeploymentStatus:
     """The status this pass should leave: equal to ``previous`` when nothing changed.
 

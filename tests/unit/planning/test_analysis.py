@@ -191,7 +191,7 @@ def test_grouped_queries_are_narrowed_to_the_due_canaries() -> None:
 
 
 def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
-    from modelops.analysis_runner import due_canaries, due_monitors
+    from modelops.analysis_runner import due_canaries, due_monitors, parse_watched
 
     spec = {
         "model": {"version": "2", "uri": "s3://m/2/"},
@@ -202,7 +202,9 @@ def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
     live = {"stable": {"version": "1", "deployment": "m-1"},
             "rollout": {"revision": "2", "stepStartedAt": "t", "lastProgressAt": "t", "nextAnalysisAt": "2026-11-26T12:00:00Z",
                         "checks": [{"name": "latency", "type": "latencyP99"}]}}
-    bodies = {("ml", "m"): {"spec": spec, "status": live}, ("ml", "broken"): {"spec": {"model": {}}, "status": {}}}
+    bodies = {key: parse_watched(body) for key, body in {
+        ("ml", "m"): {"spec": spec, "status": live}, ("ml", "broken"): {"spec": {"model": {}}, "status": {}},
+    }.items()}
     [(canary, revision)] = due_canaries(bodies, "2026-11-26T12:00:01Z")
     assert (canary.name, canary.stable_version, canary.canary_version, revision) == ("m", "1", "2", "2")
     assert due_canaries(bodies, "2026-11-26T11:59:59Z") == []  # not yet due
