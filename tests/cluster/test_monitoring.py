@@ -12,7 +12,6 @@ import hashlib
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from kubernetes import client
 
 from modelops.devcluster import bootstrap, targets
 from modelops.devcluster.cluster import ClusterState
+from modelops.devcluster.localoperator import free_port
 from modelops.serving.drift import build_profile
 from tests.cluster.conftest import Operator
 from tests.cluster.test_modeldeployment import GROUP, PLURAL, VERSION
@@ -36,11 +36,6 @@ pytestmark = pytest.mark.cluster
 NAME = "scorer"
 MODEL = {"type": "linear", "kind": "classifier", "features": ["a", "b"], "coefficients": [1.0, -0.5], "intercept": 0.0}
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Receiver:
@@ -84,7 +79,7 @@ class StandInPods:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL", "KUBE"))}
         try:
             for pod in pods:
-                port = _free_port()
+                port = free_port()
                 with (logs / f"{pod.metadata.name}.log").open("wb") as log:
                     self.processes.append(subprocess.Popen(
                         [sys.executable, "-m", "modelops.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -255,6 +255,7 @@ def test_a_canary_without_traffic_holds_then_is_rolled_back_at_the_progress_dead
 def test_prometheus_unreachable_holds_with_metrics_unavailable_then_continues(rollout: Rollout, operator: Operator) -> None:
     start_stable(rollout, manifest(rollout.namespace, steps=[{"setWeight": 20}, {"setWeight": 50}], progressDeadline="10m"))
     rollout.serve("2.0.0", latency_seconds=0.07)
+    assert operator.prometheus is not None
     operator.prometheus.stop()
     try:
         rollout.release("2.0.0")

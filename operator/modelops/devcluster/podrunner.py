@@ -16,7 +16,6 @@ Where each pod's server listens is written to ``<state>/pods/<namespace>/<pod>.j
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from kubernetes import client
 
 from modelops.devcluster import targets
+from modelops.devcluster.localoperator import free_port
 
 log = logging.getLogger(__name__)
 SERVER_IMAGE_MARKER = "model-server"
@@ -44,11 +44,6 @@ class RunningPod:
     target: str
     endpoint_file: Path
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def serves_models(pod: client.V1Pod) -> bool:
@@ -103,7 +98,7 @@ class PodRunner:
 
     def _start(self, pod: client.V1Pod) -> RunningPod:
         namespace, name = pod.metadata.namespace, pod.metadata.name
-        port = _free_port()
+        port = free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL", "KUBE"))} | pod_environment(pod)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with (self.logs_dir / f"{namespace}_{name}.log").open("ab") as output:
