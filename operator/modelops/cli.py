@@ -236,6 +236,44 @@ def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...])
     click.echo(f"profile of {len(built.features)} features from {built.rows} rows: {output} ({built.digest})")
 
 
+@main.command()
+@click.option("--data", "data_uri", required=True, help="Labelled rows: a CSV (file:// URI or path) with a header row.")
+@click.option("--label", default="label", show_default=True, help="The 0/1 target column; every other column is a feature.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Where <version>/model.joblib goes.")
+@click.option("--version", help="The candidate's version (default: $MODELOPS_CURRENT_VERSION-r<UTC timestamp>).")
+@click.option("--termination-log", help="Where the candidate JSON goes (default: $MODELOPS_TERMINATION_LOG or /dev/termination-log).")
+def train(data_uri: str, label: str, output_dir: Path, version: str | None, termination_log: str | None) -> None:
+    """Reference retraining step: fit a logistic regression on a CSV and report the candidate (see modelops.training)."""
+    import os
+    import time
+
+    from modelops import training
+
+    try:
+        current = os.environ.get("MODELOPS_CURRENT_VERSION")
+        if not version and not current:
+            raise training.TrainingError("no --version and no MODELOPS_CURRENT_VERSION (the operator injects it into retraining Jobs)")
+        dataset = training.read_dataset(training.local_path(data_uri), label)
+        candidate = training.train(dataset, output_dir, version or training.candidate_version(str(current), time.time()))
+        click.echo(training.report(candidate, training.termination_log_path(termination_log)))
+    except training.TrainingError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@main.command()
+@_state_dir_option
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"), show_default=True,
+              help="Where the timeline, the summary, the models and the logs go (replaced on every run).")
+@click.option("-n", "--namespace", default="demo", show_default=True, help="The namespace the demo owns (deleted and recreated).")
+@click.option("--keep", is_flag=True, help="Leave the devcluster, the operator, the pod runner and the traffic running.")
+def demo(state_dir: Path, output_dir: Path, namespace: str, keep: bool) -> None:
+    """The whole loop, live on the devcluster: deploy, canary promoted, slow canary rolled back, drift, retraining."""
+    from modelops.demo.story import Demo, Settings
+
+    sys.exit(Demo(Settings(state_dir=state_dir, output_dir=output_dir, namespace=namespace, keep=keep),
+                  echo=lambda line: click.echo(line)).run())
+
+
 @main.group()
 def devcluster() -> None:
     """A real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) and Prometheus."""

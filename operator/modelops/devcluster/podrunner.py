@@ -10,6 +10,12 @@ only the Kubernetes API and Prometheus, as in production.
 Where each pod's server listens is written to ``<state>/pods/<namespace>/<pod>.json``
 (``{"port", "model", "version"}``), so traffic generators can find the versions' endpoints.
 
+It also runs Job pods whose container command is ``modelops ...`` (for example the reference
+retraining step ``modelops train``) to completion, once, and writes what the kubelet would: the
+container's terminated state, with the termination message the process wrote, and the pod's
+phase. kwok marks Job pods Succeeded on its own, without a message; the runner's status
+replaces that.
+
 **Never use this outside the devcluster**: it runs whatever the pod's env says, on this machine.
 """
 
@@ -35,6 +41,17 @@ STOP_GRACE_SECONDS = 10
 
 
 @dataclass
+class JobRun:
+    uid: str
+    namespace: str
+    name: str
+    container: str
+    image: str
+    process: subprocess.Popen[bytes]
+    termination_log: Path
+
+
+@dataclass
 class RunningPod:
     uid: str
     namespace: str
@@ -53,6 +70,25 @@ def serves_models(pod: client.V1Pod) -> bool:
         pod.status and pod.status.phase == "Running" and not pod.metadata.deletion_timestamp
         and containers and SERVER_IMAGE_MARKER in (containers[0].image or "")
     )
+
+
+def runs_modelops_job(pod: client.V1Pod) -> bool:
+    """A Job's pod, not yet finished by us, whose first container runs ``modelops ...``."""
+    containers = pod.spec.containers if pod.spec else []
+    owners = pod.metadata.owner_references or []
+    return bool(
+        pod.status and pod.status.phase in ("Pending", "Running", "Succeeded") and not pod.metadata.deletion_timestamp
+        and pod.spec.node_name and any(owner.kind == "Job" for owner in owners)
+        and containers and (containers[0].command or [""])[0] == "modelops"
+        and not _has_termination_message(pod)
+    )
+
+
+def _has_termination_message(pod: client.V1Pod) -> bool:
+    for status in (pod.status.container_statuses if pod.status else None) or []:
+        if status.state and status.state.terminated and status.state.terminated.message:
+            return True
+    return False
 
 
 def pod_environment(pod: client.V1Pod) -> dict[str, str]:
@@ -76,6 +112,8 @@ class PodRunner:
         self.logs_dir = state_dir / "logs" / "pods"
         self.namespaces = namespaces
         self.running: dict[str, RunningPod] = {}
+        self.jobs: dict[str, JobRun] = {}
+        self.finished_jobs: set[str] = set()
 
     def _pods(self) -> list[client.V1Pod]:
         if self.namespaces:
@@ -83,8 +121,13 @@ class PodRunner:
         return list(self.core.list_pod_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT_SECONDS).items)
 
     def sync(self) -> None:
-        """Starts servers for new model pods and stops those whose pod is gone."""
-        wanted = {pod.metadata.uid: pod for pod in self._pods() if serves_models(pod)}
+        """Starts servers for new model pods and stops those whose pod is gone; runs and finishes Job pods."""
+        pods = self._pods()
+        self._sync_servers(pods)
+        self._sync_jobs(pods)
+
+    def _sync_servers(self, pods: list[client.V1Pod]) -> None:
+        wanted = {pod.metadata.uid: pod for pod in pods if serves_models(pod)}
         for uid in [uid for uid in self.running if uid not in wanted]:
             self._stop(self.running.pop(uid))
         for uid, pod in wanted.items():
@@ -95,6 +138,59 @@ class PodRunner:
                 log.warning("server for %s/%s exited with %s; restarting it", current.namespace, current.name, current.process.returncode)
                 self._stop(current)
             self.running[uid] = self._start(pod)
+
+    def _sync_jobs(self, pods: list[client.V1Pod]) -> None:
+        present = {pod.metadata.uid for pod in pods}
+        for uid in [uid for uid in self.jobs if uid not in present]:
+            run = self.jobs.pop(uid)
+            run.process.kill()
+            run.process.wait()
+        for pod in pods:
+            uid = pod.metadata.uid
+            if uid not in self.jobs and uid not in self.finished_jobs and runs_modelops_job(pod):
+                self.jobs[uid] = self._start_job(pod)
+        for uid, run in list(self.jobs.items()):
+            if run.process.poll() is not None:
+                self._finish_job(self.jobs.pop(uid))
+                self.finished_jobs.add(uid)
+
+    def _start_job(self, pod: client.V1Pod) -> JobRun:
+        namespace, name = pod.metadata.namespace, pod.metadata.name
+        container = pod.spec.containers[0]
+        termination_log = self.logs_dir / f"{namespace}_{name}.termination-log"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        termination_log.unlink(missing_ok=True)
+        environment = ({k: v for k, v in os.environ.items() if not k.startswith(("MODEL", "KUBE"))}
+                       | pod_environment(pod) | {"MODELOPS_TERMINATION_LOG": str(termination_log)})
+        arguments = [*(container.command or [])[1:], *(container.args or [])]
+        with (self.logs_dir / f"{namespace}_{name}.log").open("ab") as output:
+            process = subprocess.Popen([sys.executable, "-m", "modelops.cli", *arguments], env=environment,
+                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        log.info("running Job pod %s/%s: modelops %s", namespace, name, " ".join(arguments))
+        return JobRun(pod.metadata.uid, namespace, name, container.name, container.image or "", process, termination_log)
+
+    def _finish_job(self, run: JobRun) -> None:
+        """Writes the container's terminated state and the pod's phase, as the kubelet would."""
+        code = run.process.returncode
+        message = run.termination_log.read_text(errors="replace")[-4096:] if run.termination_log.exists() else ""
+        if code != 0 and not message:
+            message = f"modelops exited with {code}; see {self.logs_dir / f'{run.namespace}_{run.name}.log'}"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+                      "startedAt": now, "finishedAt": now}
+        status = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
+            "name": run.container, "image": run.image, "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": terminated},
+        }]}
+        try:
+            self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": status}, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except client.ApiException as error:
+            if error.status != 422:
+                raise
+            # kwok already made the pod Succeeded, and a terminal phase cannot change: keep the message.
+            del status["phase"]
+            self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": status}, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        log.info("Job pod %s/%s finished with %d", run.namespace, run.name, code)
 
     def _start(self, pod: client.V1Pod) -> RunningPod:
         namespace, name = pod.metadata.namespace, pod.metadata.name
@@ -131,6 +227,10 @@ class PodRunner:
         for running in list(self.running.values()):
             self._stop(running)
         self.running.clear()
+        for run in self.jobs.values():
+            run.process.kill()
+            run.process.wait()
+        self.jobs.clear()
 
     def run_forever(self, interval: float = 1.0) -> None:
         try:

@@ -155,8 +155,15 @@ def parse_candidate(message: str | None) -> tuple[Candidate | None, str]:
         return None, f"termination message is not a candidate ({first})"
 
 
-def job_manifest(owner: Owner, spec: ModelDeploymentSpec, name: str, trigger: str, features: Sequence[str]) -> dict[str, Any]:
-    """The retraining Job: the user's template plus context env, default deadlines, an ownerReference."""
+def job_manifest(
+    owner: Owner, spec: ModelDeploymentSpec, name: str, trigger: str, features: Sequence[str], serving: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The retraining Job: the user's template plus context env, default deadlines, an ownerReference.
+
+    ``serving`` is the (version, uri) in production, which the monitoring checks judged; it differs
+    from spec.model while the spec names a canary or a blocked version. Default: spec.model.
+    """
+    version, uri = serving or (spec.model.version, spec.model.uri)
     assert spec.retraining is not None
     template = json.loads(json.dumps(spec.retraining.job_template))  # a deep copy of plain JSON
     template.setdefault("activeDeadlineSeconds", spec.retraining.active_deadline_seconds)
@@ -166,8 +173,8 @@ def job_manifest(owner: Owner, spec: ModelDeploymentSpec, name: str, trigger: st
     pod.setdefault("restartPolicy", "Never")
     context = [
         {"name": "MODELOPS_MODEL_NAME", "value": owner.name},
-        {"name": "MODELOPS_CURRENT_VERSION", "value": spec.model.version},
-        {"name": "MODELOPS_CURRENT_URI", "value": spec.model.uri},
+        {"name": "MODELOPS_CURRENT_VERSION", "value": version},
+        {"name": "MODELOPS_CURRENT_URI", "value": uri},
         {"name": "MODELOPS_TRIGGER", "value": trigger[:1024]},
         {"name": "MODELOPS_DRIFTING_FEATURES", "value": ",".join(features)[:1024]},
     ]
@@ -192,6 +199,7 @@ def decide_retraining(
     features: Sequence[str],
     job: ObservedJob | None,
     now: str,
+    serving: tuple[str, str] | None = None,
 ) -> RetrainingDecision:
     if spec.retraining is None:
         return RetrainingDecision(status)
@@ -227,7 +235,7 @@ def decide_retraining(
     events.append(Event("Normal", "RetrainingStarted", f"{name}: {trigger}"))
     return RetrainingDecision(
         RetrainingStatus(runs=number, cooldown_until=_after(now, duration_seconds(spec.retraining.cooldown)), last_run=started),
-        create=job_manifest(owner, spec, name, trigger, features),
+        create=job_manifest(owner, spec, name, trigger, features, serving),
         events=tuple(events),
     )
 

@@ -74,6 +74,11 @@ class ObservedDeployment:
             and self.ready_replicas >= self.replicas
         )
 
+    def model_uri(self) -> str:
+        """MODEL_URI of the pod template's first container ("" when absent)."""
+        containers = self.manifest.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+        return next((e.get("value", "") for e in containers[0].get("env") or [] if e.get("name") == "MODEL_URI"), "")
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -362,6 +367,14 @@ def _monitoring_condition(outcome: MonitoringOutcome) -> tuple[str, str, str]:
     return "True", "AllChecksPass", "every monitoring check passes"
 
 
+def serving_model(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observed: "Observed") -> tuple[str, str] | None:
+    """The stable (version, uri) in production, when it is not the version the spec names."""
+    if status.stable is None or status.stable.version == spec.model.version:
+        return None
+    found = observed.deployment_of(status.stable.version)
+    return (status.stable.version, found.model_uri()) if found is not None else None
+
+
 def plan(
     owner: Owner,
     spec: ModelDeploymentSpec,
@@ -395,6 +408,7 @@ def plan(
         features=fired.features,
         job=observed.jobs.get(last_run.job) if last_run else None,
         now=now,
+        serving=serving_model(spec, status, observed),
     )
     extra_events += retraining.events
     stable_found = observed.deployment_of(working.stable.version) if working.stable else None

@@ -214,6 +214,22 @@ def test_modelops_retrain_creates_one_job_and_is_carried_out_once() -> None:
     assert not [w for w in again.apply if w.manifest["kind"] == "Job"]
 
 
+def test_a_retraining_job_is_told_the_version_in_production_not_a_blocked_one_the_spec_names() -> None:
+    from modelops.api.v1alpha1 import BlockedRevision
+
+    world = World()
+    status = run(world, _with_retraining(), ModelDeploymentStatus()).status
+    world.ready["fraud-detector-2-1-0"] = 2
+    status = run(world, _with_retraining(), status).status
+    assert status.stable is not None and status.stable.version == "2.1.0"
+    blocked = _with_retraining(model={"version": "3.0.0", "uri": "s3://models/fraud/3.0.0/", "format": "sklearn"})
+    status = status.model_copy(update={"blocked_revision": BlockedRevision(version="3.0.0", reason="latency", at=NOW)})
+    plan = planning.plan(OWNER, blocked, status, world.observed(), 2, NOW, requested_actions={"retrain": "t1"})
+    [job] = [w.manifest for w in plan.apply if w.manifest["kind"] == "Job"]
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["MODELOPS_CURRENT_VERSION"], env["MODELOPS_CURRENT_URI"]) == ("2.1.0", "s3://models/fraud/2.1.0/")
+
+
 def test_a_monitoring_rollback_restores_the_previous_stable_and_blocks_the_revision() -> None:
     from modelops.planning.analysis import Evaluation
 
