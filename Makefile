@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 STATE_DIR ?= .devcluster
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test unit cluster-test devcluster-up devcluster-down devcluster-status tools-gomod clean crd run bench
+.PHONY: help install lint test unit cluster-test demo devcluster-up devcluster-down devcluster-status tools-gomod clean crd run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,8 +25,11 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests ($(1))" >&2; exit 1; fi; exit $$rc
 endef
 
+# The demo test runs its own operator, so it gets a pytest session of its own, after the one whose
+# session-wide operator watches every namespace.
 test: install lint ## lint, then the whole suite: unit tests and tests on the devcluster (starts it if needed)
-	$(call run_pytest,tests)
+	$(call run_pytest,tests -m "not demo")
+	$(call run_pytest,tests -m demo)
 
 lint: install ## unused or undefined names, syntax errors (ruff)
 	$(BIN)/ruff check operator tests bench
@@ -35,7 +38,11 @@ unit: install ## only the tests that need no cluster
 	$(call run_pytest,tests -m "not cluster")
 
 cluster-test: install ## only the tests on the devcluster
-	$(call run_pytest,tests -m cluster)
+	$(call run_pytest,tests -m "cluster and not demo")
+	$(call run_pytest,tests -m demo)
+
+demo: install ## the whole loop live on the devcluster (DEMO_ARGS=--keep leaves it running)
+	$(BIN)/modelops demo --state-dir $(STATE_DIR) $(DEMO_ARGS)
 
 devcluster-up: install ## build (first time) and start the devcluster
 	$(BIN)/modelops devcluster up --state-dir $(STATE_DIR)

@@ -151,6 +151,7 @@ class Demo:
 
     def set_up(self) -> None:
         self.say("== Setting up: devcluster, CRDs, RBAC, the operator under its ServiceAccount")
+        self.check_output_dir()
         layout = state_layout(self.settings.state_dir)
         existing = cluster.load_state(layout)
         self.started_cluster = not (existing is not None and all(s.healthy for s in cluster.check(existing)))
@@ -167,6 +168,11 @@ class Demo:
         self.start_helpers()
         self.say(f"  operator: pid {self.operator.pid if self.operator else '?'}, log {self.out / 'operator.log'}")
 
+    def check_output_dir(self) -> None:
+        """Refuses, before any work, a folder that holds files the demo did not write (it is replaced)."""
+        if self.out.exists() and (not self.out.is_dir() or (any(self.out.iterdir()) and not (self.out / MARKER).exists())):
+            raise StageFailed(f"--output-dir {self.out} holds files that are not the demo's; choose an empty or new folder")
+
     def stop_previous_run(self) -> None:
         """A previous `--keep` run left processes: stop them (PID and start time must match)."""
         record_file = self.out / "processes.json"
@@ -175,8 +181,6 @@ class Demo:
                 processes.stop(processes.ProcessRecord.from_json(entry))
             record_file.unlink()
         if self.out.exists():
-            if any(self.out.iterdir()) and not (self.out / MARKER).exists():
-                raise StageFailed(f"--output-dir {self.out} holds files that are not the demo's; choose an empty or new folder")
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True)
         (self.out / MARKER).write_text("written by `modelops demo`; removed by its next run\n")
@@ -420,7 +424,7 @@ class Demo:
         return picture
 
     def tear_down(self) -> None:
-        if self.settings.keep:
+        if self.settings.keep and self.operator is not None:
             self.keep_running()
             return
         for record in self.helpers:

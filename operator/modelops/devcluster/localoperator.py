@@ -115,7 +115,8 @@ class LocalOperator:
         environment = {key: value for key, value in os.environ.items() if not key.startswith(("KUBE", "MODELOPS_"))}
         environment["KUBECONFIG"] = str(self.kubeconfig)
         with self.log.open("ab") as output:
-            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT, env=environment)
+            self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT, env=environment,
+                                            start_new_session=True)  # its own process group: `--keep` outlives a Ctrl-C
         bootstrap.wait_for("the operator's liveness endpoint", self._alive, timeout=60)
 
     def _alive(self) -> bool:
