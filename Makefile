@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 STATE_DIR ?= .devcluster
+# Targets that may build the devcluster get a Go >= 1.26 on PATH (fetched from the Go module proxy when missing).
+WITH_GO = PATH="$$(hack/install-go.sh):$$PATH"
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test unit cluster-test demo devcluster-up devcluster-down devcluster-status tools-gomod clean crd run bench
@@ -21,15 +23,15 @@ install: $(BIN)/modelops ## create .venv and install modelops with its test tool
 
 # pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
 define run_pytest
-	$(BIN)/python -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
+	$(2) $(BIN)/python -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests ($(1))" >&2; exit 1; fi; exit $$rc
 endef
 
 # The demo test runs its own operator, so it gets a pytest session of its own, after the one whose
 # session-wide operator watches every namespace.
 test: install lint ## lint, then the whole suite: unit tests and tests on the devcluster (starts it if needed)
-	$(call run_pytest,tests -m "not demo")
-	$(call run_pytest,tests -m demo)
+	$(call run_pytest,tests -m "not demo",$(WITH_GO))
+	$(call run_pytest,tests -m demo,$(WITH_GO))
 
 lint: install ## unused or undefined names, syntax errors (ruff)
 	$(BIN)/ruff check operator tests bench
@@ -38,14 +40,14 @@ unit: install ## only the tests that need no cluster
 	$(call run_pytest,tests -m "not cluster")
 
 cluster-test: install ## only the tests on the devcluster
-	$(call run_pytest,tests -m "cluster and not demo")
-	$(call run_pytest,tests -m demo)
+	$(call run_pytest,tests -m "cluster and not demo",$(WITH_GO))
+	$(call run_pytest,tests -m demo,$(WITH_GO))
 
 demo: install ## the whole loop live on the devcluster (DEMO_ARGS=--keep leaves it running)
-	$(BIN)/modelops demo --state-dir $(STATE_DIR) $(DEMO_ARGS)
+	$(WITH_GO) $(BIN)/modelops demo --state-dir $(STATE_DIR) $(DEMO_ARGS)
 
 devcluster-up: install ## build (first time) and start the devcluster
-	$(BIN)/modelops devcluster up --state-dir $(STATE_DIR)
+	$(WITH_GO) $(BIN)/modelops devcluster up --state-dir $(STATE_DIR)
 
 devcluster-down: install ## stop the devcluster and remove its state
 	$(BIN)/modelops devcluster down --state-dir $(STATE_DIR)
