@@ -319,7 +319,7 @@ class Demo:
         if "latency" not in blocked.get("reason", ""):
             raise StageFailed(f"3.0.0 was blocked, but not for latency: {blocked.get('reason')}")
         self.wait("all traffic back on 2.0.0", lambda: self._route_weights() == {"2.0.0": 100}, timeout=60)
-        self.show("get", "mdep", "-n", self.ns)
+        self.show("get", "mdep", "-n", self.ns, "-o", "wide")
         self.show_status_lines("blockedRevision")
         self.show("get", "events", "-n", self.ns, f"--field-selector=involvedObject.name={NAME}", "--sort-by=.lastTimestamp")
         return f"3.0.0 rolled back: {blocked['reason']}"
