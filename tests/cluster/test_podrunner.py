@@ -77,3 +77,38 @@ def _ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny/ready", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_runner_command_stops_its_servers_on_sigterm(
+    operator: Operator, admin_api: client.ApiClient, devcluster: ClusterState, namespace: str, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from modelops.devcluster import processes
+
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"type": "linear", "coefficients": [1.0], "intercept": 0.0}))
+    digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    client.CustomObjectsApi(admin_api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "tiny", "namespace": namespace},
+        "spec": {"model": {"version": "1.0.0", "uri": model.as_uri(), "digest": digest, "format": "custom"},
+                 "runtime": {"image": "ghcr.io/modelops/model-server:0.1.0"}, "scaling": {"replicas": 1}},
+    })
+    with (tmp_path / "runner.log").open("wb") as log:
+        runner = subprocess.Popen([sys.executable, "-m", "modelops.cli", "devcluster", "pods", "--state-dir", str(devcluster.root),
+                                   "--namespace", namespace], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        bootstrap.wait_for("a published server", lambda: len(endpoints(devcluster.root, namespace)) == 1, timeout=60)
+        [endpoint] = endpoints(devcluster.root, namespace)
+        server = processes.ProcessRecord("server", endpoint["pid"], endpoint["startTicks"], "")
+        assert processes.is_running(server)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=30) == 0
+        assert not processes.is_running(server)
+        assert endpoints(devcluster.root, namespace) == []
+        assert not list(devcluster.layout.prometheus_targets.glob(f"pod-{namespace}-*.json"))
+    finally:
+        runner.kill()
+        runner.wait()

@@ -136,3 +136,24 @@ def test_the_demo_models_verify_against_their_digests(tmp_path: Path) -> None:
         predictor, digest = load(artifact.uri, artifact.digest, "sklearn")
         assert digest == artifact.digest
         assert (predictor.predict(rows) == labels).mean() > 0.8
+
+
+def test_the_pod_runner_stops_servers_a_killed_runner_left_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from modelops.devcluster import processes, targets
+    from modelops.devcluster.podrunner import PodRunner
+
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    runner = PodRunner(client.ApiClient(), tmp_path, ("demo",))
+    targets.register(runner.targets_dir, "pod-demo-p1", "127.0.0.1:9", {"namespace": "demo", "pod": "p1"})
+    (runner.endpoints_dir / "demo").mkdir(parents=True)
+    (runner.endpoints_dir / "demo" / "p1.json").write_text(json.dumps(
+        {"port": 9, "pid": orphan.pid, "startTicks": processes.start_ticks(orphan.pid), "target": "pod-demo-p1"}))
+    (runner.endpoints_dir / "other").mkdir()
+    (runner.endpoints_dir / "other" / "p2.json").write_text(json.dumps({"port": 10}))  # not in the runner's namespaces
+    assert runner.reap_orphans() == 1
+    assert orphan.wait(timeout=10) != 0
+    assert not (runner.targets_dir / "pod-demo-p1.json").exists() and not (runner.endpoints_dir / "demo" / "p1.json").exists()
+    assert (runner.endpoints_dir / "other" / "p2.json").exists()

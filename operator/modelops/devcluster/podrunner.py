@@ -22,6 +22,7 @@ replaces that.
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from typing import Any
 
 from kubernetes import client
 
-from modelops.devcluster import targets
+from modelops.devcluster import processes, targets
 from modelops.devcluster.localoperator import free_port
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,23 @@ class PodRunner:
             return [pod for ns in self.namespaces for pod in self.core.list_namespaced_pod(ns, _request_timeout=REQUEST_TIMEOUT_SECONDS).items]
         return list(self.core.list_pod_for_all_namespaces(_request_timeout=REQUEST_TIMEOUT_SECONDS).items)
 
+    def reap_orphans(self) -> int:
+        """Stops servers a killed runner left behind (their endpoint files say which) and unregisters them."""
+        reaped = 0
+        for endpoint_file in sorted(self.endpoints_dir.glob("*/*.json")):
+            if self.namespaces and endpoint_file.parent.name not in self.namespaces:
+                continue
+            try:
+                endpoint = json.loads(endpoint_file.read_text())
+            except (OSError, ValueError):
+                endpoint = {}
+            if endpoint.get("pid") and endpoint.get("startTicks") is not None:
+                processes.stop(processes.ProcessRecord("orphan", int(endpoint["pid"]), int(endpoint["startTicks"]), ""))
+            targets.unregister(self.targets_dir, str(endpoint.get("target") or f"pod-{endpoint_file.parent.name}-{endpoint_file.stem}"))
+            endpoint_file.unlink(missing_ok=True)
+            reaped += 1
+        return reaped
+
     def sync(self) -> None:
         """Starts servers for new model pods and stops those whose pod is gone; runs and finishes Job pods."""
         pods = self._pods()
@@ -206,7 +224,8 @@ class PodRunner:
         targets.register(self.targets_dir, target, f"127.0.0.1:{port}", {"namespace": namespace, "pod": name})
         endpoint_file = self.endpoints_dir / namespace / f"{name}.json"
         endpoint_file.parent.mkdir(parents=True, exist_ok=True)
-        endpoint = {"port": port, "model": environment.get("MODEL_NAME", ""), "version": environment.get("MODEL_VERSION", "")}
+        endpoint = {"port": port, "model": environment.get("MODEL_NAME", ""), "version": environment.get("MODEL_VERSION", ""),
+                    "pid": process.pid, "startTicks": processes.start_ticks(process.pid), "target": target}
         endpoint_file.write_text(json.dumps(endpoint))
         log.info("started modelops serve for %s/%s on 127.0.0.1:%d", namespace, name, port)
         return RunningPod(pod.metadata.uid, namespace, name, port, process, target, endpoint_file)
@@ -233,6 +252,10 @@ class PodRunner:
         self.jobs.clear()
 
     def run_forever(self, interval: float = 1.0) -> None:
+        """Syncs every ``interval`` until SIGTERM or Ctrl-C, then stops every server it started."""
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit runs the finally below
+        if reaped := self.reap_orphans():
+            log.info("stopped %d server(s) left by a runner that did not shut down", reaped)
         try:
             while True:
                 try:
