@@ -177,7 +177,7 @@ for _action in ACTION_HELP:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def kubectl_plugin() -> None:
-    """kubectl modelops: promote, abort, retry, pause or resume a ModelDeployment's rollout."""
+    """kubectl modelops: promote, abort, retry, pause or resume a ModelDeployment's rollout, or retrain its model."""
 
 
 for _action in ACTION_HELP:

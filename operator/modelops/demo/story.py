@@ -363,9 +363,9 @@ class Demo:
 
     def _candidate_recorded(self) -> bool:
         run = (self.status().get("retraining") or {}).get("lastRun") or {}
-        if run.get("outcome") == "Failed":
-            raise StageFailed(f"the retraining run failed: {run.get('reason')}")
-        return run.get("outcome") == "Succeeded" and bool(run.get("candidate"))
+        if run.get("outcome") == "Failed" or (run.get("outcome") == "Succeeded" and not run.get("candidate")):
+            raise StageFailed(f"the retraining run {run.get('job')} ended {run.get('outcome')} without a candidate: {run.get('reason')}")
+        return run.get("outcome") == "Succeeded"
 
     def progress_printer(self) -> Callable[[], None]:
         """Prints one line each time the rollout's step, weight or verdicts change."""

@@ -141,6 +141,11 @@ class RetrainingDecision:
     cooling_down: bool = False
 
 
+def _message_overdue(job: ObservedJob, now: str) -> bool:
+    """A Job finished long ago and still no pod shows a termination message: stop waiting for one."""
+    return job.finished_at is not None and _elapsed(job.finished_at, now) >= TERMINATION_MESSAGE_GRACE_SECONDS
+
+
 def job_name(owner: Owner, run: int) -> str:
     return f"{owner.name}-retrain-{run}"
 
@@ -214,7 +219,7 @@ def decide_retraining(
             run = run.model_copy(update={"outcome": "Failed", "finished_at": job.finished_at or now, "reason": job.reason[:1024]})
             events.append(Event("Warning", "RetrainingFailed", f"{run.job} failed: {job.reason}; next attempt after the cooldown"))
         elif job.succeeded:
-            if job.termination_message is None:
+            if job.termination_message is None and not _message_overdue(job, now):
                 return RetrainingDecision(current, needs_message=job.name)
             candidate, problem = parse_candidate(job.termination_message)
             run = run.model_copy(update={"outcome": "Succeeded", "finished_at": job.finished_at or now, "candidate": candidate, "reason": problem})

@@ -40,6 +40,7 @@ from modelops.planning.names import child_name
 from modelops.planning.monitoring import (
     MonitoringOutcome,
     ObservedJob,
+    RetrainingDecision,
     advance_monitoring,
     decide_retraining,
     roll_back_to_previous,
@@ -367,6 +368,17 @@ def _monitoring_condition(outcome: MonitoringOutcome) -> tuple[str, str, str]:
     return "True", "AllChecksPass", "every monitoring check passes"
 
 
+def _why_no_retraining(spec: ModelDeploymentSpec, decision: RetrainingDecision) -> str:
+    if spec.retraining is None:
+        return "spec.retraining is not set"
+    current = decision.status
+    if current is not None and current.last_run is not None and current.last_run.outcome == "Running":
+        return f"{current.last_run.job} is still running"
+    if current is not None and current.cooldown_until:
+        return f"cooling down until {current.cooldown_until} (spec.retraining.cooldown)"
+    return "nothing to start"
+
+
 def serving_model(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observed: "Observed") -> tuple[str, str] | None:
     """The stable (version, uri) in production, when it is not the version the spec names."""
     if status.stable is None or status.stable.version == spec.model.version:
@@ -411,6 +423,8 @@ def plan(
         serving=serving_model(spec, status, observed),
     )
     extra_events += retraining.events
+    if manual_retrain and retraining.create is None:
+        extra_events.append(Event("Warning", "RetrainRefused", f"`modelops retrain` refused: {_why_no_retraining(spec, retraining)}"))
     stable_found = observed.deployment_of(working.stable.version) if working.stable else None
     state = advance(
         spec,

@@ -331,7 +331,8 @@ def advance(
     if not run.stable or (run.stable != target and run.stable not in deployments):
         first = not run.stable
         run.record(target, "Promoted", "first version: stable directly" if first else "the stable Deployment is gone")
-        run.events.append(Event("Normal", "Released", f"{target} is the first version: stable directly"))
+        run.events.append(Event("Normal", "Released", f"{target} is the first version: stable directly" if first
+                                else f"{target} is stable directly: the Deployment of stable {run.stable} is gone"))
         run.stable, run.rollout = target, None
         return _state(run, canary=None, first_release=first)
 

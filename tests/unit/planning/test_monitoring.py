@@ -135,6 +135,16 @@ def test_the_candidate_comes_from_the_termination_message() -> None:
     assert bad.status.last_run.outcome == "Succeeded" and "not a candidate" in bad.status.last_run.reason
 
 
+def test_a_finished_job_without_a_termination_message_stops_blocking_retraining_after_a_grace() -> None:
+    started = decide_retraining(OWNER, spec(), None, trigger="drift", features=(), job=None, now=T0).status
+    still = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True), now=at(399))
+    assert still.needs_message == "fraud-retrain-1"
+    given_up = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True), now=at(400))
+    assert given_up.status is not None and given_up.status.last_run is not None
+    assert (given_up.status.last_run.outcome, given_up.status.last_run.reason) == ("Succeeded", "the Job wrote no termination message")
+    assert [(e.type, e.reason) for e in given_up.events] == [("Warning", "RetrainingSucceeded")]
+
+
 def test_an_alert_fires_once_per_breach() -> None:
     alerting = spec(monitoring={"interval": "10s", "checks": [{"name": "parity", "type": "fairnessGap", "attribute": "g", "max": 0.1, "for": "0s", "action": "alert"}]})
 

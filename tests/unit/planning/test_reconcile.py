@@ -212,6 +212,25 @@ def test_modelops_retrain_creates_one_job_and_is_carried_out_once() -> None:
     assert plan.status.retraining.last_run.trigger == "requested with `modelops retrain`"
     again = planning.plan(OWNER, _with_retraining(), plan.status, world.observed(), 1, NOW, requested_actions={"retrain": "t1"})
     assert not [w for w in again.apply if w.manifest["kind"] == "Job"]
+    assert not [e for e in again.events if e.reason == "RetrainRefused"]  # already carried out: nothing to say
+
+
+def test_a_refused_modelops_retrain_says_why_instead_of_being_swallowed() -> None:
+    world = World()
+    status = run(world, _with_retraining(), ModelDeploymentStatus()).status
+    first = planning.plan(OWNER, _with_retraining(), status, world.observed(), 1, NOW, requested_actions={"retrain": "t1"})
+    job = planning.ObservedJob("fraud-detector-retrain-1", succeeded=False, failed=False)
+    observed = world.observed()
+    observed.jobs["fraud-detector-retrain-1"] = job
+    running = planning.plan(OWNER, _with_retraining(), first.status, observed, 1, NOW, requested_actions={"retrain": "t2"})
+    assert [e.message for e in running.events if e.reason == "RetrainRefused"] == [
+        "`modelops retrain` refused: fraud-detector-retrain-1 is still running"]
+    assert running.status.handled_actions.retrain == "t2"
+    gone = planning.plan(OWNER, _with_retraining(), first.status, world.observed(), 1, NOW, requested_actions={"retrain": "t2"})
+    assert [e.message for e in gone.events if e.reason == "RetrainRefused"] == [
+        "`modelops retrain` refused: cooling down until 2026-11-26T18:00:00Z (spec.retraining.cooldown)"]
+    unset = planning.plan(OWNER, spec(), status, world.observed(), 1, NOW, requested_actions={"retrain": "t3"})
+    assert [e.message for e in unset.events if e.reason == "RetrainRefused"] == ["`modelops retrain` refused: spec.retraining is not set"]
 
 
 def test_a_retraining_job_is_told_the_version_in_production_not_a_blocked_one_the_spec_names() -> None:
