@@ -246,7 +246,12 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
             if not full_size:
                 run.hold_reason = f"scaling {rollout.revision} to full size before promotion"
                 return
-            run.promote("all steps completed" if steps else "all replicas Ready", stable_deployment)
+            if not steps and (waiting := _waiting_for(run)):
+                # Blue/green: the checks judge the new version (through its own Service) before any traffic moves.
+                run.hold_reason = f"before promotion: {waiting}"
+                return
+            run.promote("all steps completed" if steps else ("all replicas Ready and every check passed" if rollout.checks
+                                                             else "all replicas Ready"), stable_deployment)
             return
         step = steps[rollout.step]
         if step.set_weight is not None and rollout.weight != step.set_weight:

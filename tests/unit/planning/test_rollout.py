@@ -231,6 +231,25 @@ def test_returning_the_spec_to_the_stable_version_abandons_the_canary() -> None:
     assert [(h.version, h.outcome) for h in state.history][-1] == ("2.0", "Superseded")
 
 
+def test_without_steps_the_checks_must_pass_once_before_promotion() -> None:
+    blue_green = spec(steps=[])
+    state, status = step(STABLE_ONLY, T0, blue_green)
+    assert (state.stable, state.canary, state.weight) == ("1.0", "2.0", 0)
+    assert state.hold_reason == "before promotion: check latency has not passed yet in step 0"
+    state, status = step(status, at(10), blue_green, verdicts={"latency": "Pass", "errors": "NoData"})
+    assert state.stable == "1.0" and state.hold_reason == "before promotion: check errors has no data: NoData reason"
+    state, status = step(status, at(20), blue_green, verdicts=ALL_PASS)
+    assert (state.stable, state.canary) == ("2.0", None)
+    assert [(h.version, h.outcome, h.reason) for h in state.history][-1] == ("2.0", "Promoted", "all replicas Ready and every check passed")
+
+
+def test_without_steps_a_failing_check_rolls_back_before_any_traffic_moved() -> None:
+    blue_green = spec(steps=[])
+    _, status = step(STABLE_ONLY, T0, blue_green)
+    state, _ = step(status, at(10), blue_green, verdicts={"latency": "Fail", "errors": "Pass"})
+    assert state.stable == "1.0" and state.blocked is not None and state.blocked.version == "2.0"
+
+
 def test_the_previous_stable_is_released_after_the_scale_down_delay() -> None:
     _, status = step(STABLE_ONLY, T0, spec(steps=[], analysis={"checks": []}))
     assert status.previous is not None
