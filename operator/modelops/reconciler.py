@@ -134,6 +134,11 @@ def _invalid_spec_status(previous: ModelDeploymentStatus, error: ValidationError
     )
 
 
+def _routes_last(writes: list[planning.Apply]) -> list[planning.Apply]:
+    """Traffic routes are written after every Service they may point at."""
+    return [w for w in writes if w.manifest["kind"] != "HTTPRoute"] + [w for w in writes if w.manifest["kind"] == "HTTPRoute"]
+
+
 def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) -> None:
     """Before creating a child, make sure no object of that name belongs to someone else: never take one over."""
     metadata = write.manifest["metadata"]
@@ -199,8 +204,13 @@ def reconcile(
         requested_actions=requested_actions(metadata),
     )
     created: set[tuple[str, str]] = set()  # children this pass creates: checked once, not once per write
-    for write in plan.apply:
+    failed_services: list[str] = []
+    for write in _routes_last(plan.apply):
         key = (write.manifest["kind"], write.manifest["metadata"]["name"])
+        if key[0] == "HTTPRoute" and failed_services:
+            # Never send traffic to a Service that is not ours or not as planned: the route keeps its old weights.
+            outcome.errors.append(f"{write.label}: not updated, because {', '.join(failed_services)} could not be applied")
+            continue
         try:
             if observed.get(*key) is None and key not in created:
                 _refuse_foreign(cluster, owner, write)
@@ -209,6 +219,8 @@ def reconcile(
             outcome.applied.append(write.label)
         except ApiError as error:
             outcome.errors.append(f"{write.label}: {error.message}")
+            if key[0] == "Service":
+                failed_services.append(write.label)
     for kind, name in plan.delete:
         try:
             cluster.delete(owner.namespace, kind, name)

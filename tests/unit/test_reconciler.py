@@ -24,7 +24,7 @@ class FakeCluster:
 
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
         self.calls.append("list")
-        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": []}
+        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": [], "HTTPRoute": []}
         for (kind, _), item in self.objects.items():
             result[kind].append(copy.deepcopy(item))
         return result
@@ -114,3 +114,16 @@ def test_an_existing_object_of_someone_else_is_never_taken_over() -> None:
     assert "apply Service m as modelops" not in cluster.calls
     assert any("already exists and is not owned by ModelDeployment m" in error for error in outcome.errors)
     assert cluster.body["status"]["phase"] == "Degraded"
+
+
+def test_no_route_is_written_while_a_service_it_points_at_is_someone_elses() -> None:
+    router = {"router": {"type": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "public"}]}}}
+    cluster = FakeCluster(body(rollout=router))
+    cluster.foreign[("Service", "m-1-0")] = ["someone-elses-uid"]
+    outcome = reconcile(cluster, cluster.body, NOW)
+    assert not [call for call in cluster.calls if call.startswith("apply HTTPRoute")]
+    assert "HTTPRoute m: not updated, because Service m-1-0 could not be applied" in outcome.errors
+    assert cluster.body["status"]["phase"] == "Degraded"
+    del cluster.foreign[("Service", "m-1-0")]  # the foreign Service is renamed: the route follows
+    reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
+    assert "apply HTTPRoute m as modelops" in cluster.calls
