@@ -167,9 +167,9 @@ def _report(
         metrics.analysis_checks.labels(namespace, name, check, evaluation.verdict).inc()
     if outcome.canary_weight is not None:
         metrics.canary_weight.labels(namespace, name).set(outcome.canary_weight)
-    if outcome.errors and outcome.status_written:
-        # Only when the failure is new or different (its status changed): a persisting failure
-        # must not post an Event on every pass.
+    if outcome.new_failure:
+        # Only when the failure is new or different: a persisting failure must not post an Event on
+        # every pass, even while other parts of status (a canary's progress) keep changing.
         memo.cluster.post_event(body, "Warning", "ReconcileFailed", "; ".join(outcome.errors))
     if outcome.wrote:
         logger.info(

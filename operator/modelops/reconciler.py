@@ -33,6 +33,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     events: list[planning.Event] = field(default_factory=list)
     canary_weight: int | None = None  # the effective canary weight after the pass (0 without a canary)
+    new_failure: bool = False  # errors whose Degraded message differs from the one already in status
 
     @property
     def wrote(self) -> bool:
@@ -132,6 +133,10 @@ def _invalid_spec_status(previous: ModelDeploymentStatus, error: ValidationError
     return previous.model_copy(
         update={"phase": "Degraded", "message": message, "observed_generation": generation, "conditions": [*others, condition]}
     )
+
+
+def _degraded_message(status: ModelDeploymentStatus) -> str | None:
+    return next((c.message for c in status.conditions if c.type == "Degraded" and c.status == "True"), None)
 
 
 def _routes_last(writes: list[planning.Apply]) -> list[planning.Apply]:
@@ -239,6 +244,7 @@ def reconcile(
     if status != previous:
         cluster.patch_status(owner.namespace, owner.name, status_document(status))
         outcome.status_written = True
+    outcome.new_failure = bool(outcome.errors) and _degraded_message(status) != _degraded_message(previous)
     outcome.events = plan.events
     outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
     return outcome

@@ -127,3 +127,16 @@ def test_no_route_is_written_while_a_service_it_points_at_is_someone_elses() -> 
     del cluster.foreign[("Service", "m-1-0")]  # the foreign Service is renamed: the route follows
     reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
     assert "apply HTTPRoute m as modelops" in cluster.calls
+
+
+def test_a_lasting_failure_is_new_once_and_a_different_one_is_new_again() -> None:
+    cluster = FakeCluster(body())
+    cluster.fail_apply["Service"] = ApiError(403, 'services is forbidden: User "x" cannot patch')
+    assert reconcile(cluster, cluster.body, NOW).new_failure
+    later = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:00:30Z")  # type: ignore[arg-type]
+    assert later.errors and not later.new_failure
+    cluster.fail_apply["Service"] = ApiError(422, "Service is invalid: spec.ports")
+    assert reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:01:00Z").new_failure  # type: ignore[arg-type]
+    del cluster.fail_apply["Service"]
+    healed = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:01:30Z")  # type: ignore[arg-type]
+    assert not healed.errors and not healed.new_failure
