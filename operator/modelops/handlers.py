@@ -193,6 +193,9 @@ def modeldeployment_changed(
     if type == "DELETED":
         _forget_metrics(namespace, name)
         return
+    # Counters start at 0 for every ModelDeployment, so increase() sees its first promotion and rollback.
+    metrics.promotions.labels(namespace, name)
+    metrics.rollbacks.labels(namespace, name)
     _run_pass(namespace, name, memo, logger)
 
 

@@ -19,6 +19,9 @@ reconcile_passes = Counter("modelops_reconcile_total", "Reconciliation passes by
 prometheus_queries = Counter("modelops_prometheus_queries_total", "Prometheus queries by result.", ("result",))
 analysis_tick_queries = Gauge("modelops_analysis_tick_queries", "Prometheus queries made by the last analysis tick.")
 analysis_tick_canaries = Gauge("modelops_analysis_tick_canaries", "Canaries evaluated by the last analysis tick.")
+for _result in ("ok", "error"):  # every result series exists from the start, at 0
+    reconcile_passes.labels(_result)
+    prometheus_queries.labels(_result)
 
 
 def serve(port: int, address: str) -> None:
