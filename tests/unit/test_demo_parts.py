@@ -47,6 +47,14 @@ def test_the_timeline_is_drawn_as_a_png_with_every_version(tmp_path: Path) -> No
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_a_version_that_left_the_route_is_drawn_at_zero_weight_not_at_its_last_weight() -> None:
+    samples = [timeline.Sample(0, weights={"1.0.0": 100}), timeline.Sample(1, weights={"1.0.0": 80, "2.0.0": 20}),
+               timeline.Sample(2, weights={"2.0.0": 100})]
+    assert timeline.weight_series(samples, "1.0.0") == [100.0, 80.0, 0.0]
+    series = timeline.weight_series(samples, "2.0.0")
+    assert series[0] != series[0] and series[1:] == [20.0, 100.0]  # NaN before it appears
+
+
 def test_versions_sort_numerically_on_the_timeline() -> None:
     assert sorted(["10.0.0", "2.0.0", "2.0.0-r1"], key=timeline._version_key) == ["2.0.0", "2.0.0-r1", "10.0.0"]
 

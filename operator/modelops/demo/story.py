@@ -274,10 +274,10 @@ class Demo:
 
     # ---- stages --------------------------------------------------------------------------------
 
-    def stage(self, title: str, body: Callable[[], str]) -> None:
+    def stage(self, title: str, marker: str, body: Callable[[], str]) -> None:
         self.say("")
         self.say(f"== Stage {len(self.results) + 1}: {title}")
-        self.mark(f"{len(self.results) + 1}")
+        self.mark(marker)
         began = time.monotonic()
         outcome = body()
         self.results.append(StageResult(title, time.monotonic() - began, outcome))
@@ -476,10 +476,11 @@ class Demo:
     def run(self) -> int:
         try:
             self.set_up()
-            self.stage("fraud-detector 1.0.0 is deployed and becomes Healthy", self.deploy_first_version)
-            self.stage("2.0.0, a good model, goes out as a canary through the Gateway API and is promoted", self.promote_good_canary)
-            self.stage("3.0.0, a slow model, fails its latency check and is rolled back", self.roll_back_slow_canary)
-            self.stage("the input data drifts and one retraining Job runs", self.retrain_on_drift)
+            self.stage("fraud-detector 1.0.0 is deployed and becomes Healthy", "1.0.0", self.deploy_first_version)
+            self.stage("2.0.0, a good model, goes out as a canary through the Gateway API and is promoted", "canary 2.0.0",
+                       self.promote_good_canary)
+            self.stage("3.0.0, a slow model, fails its latency check and is rolled back", "canary 3.0.0", self.roll_back_slow_canary)
+            self.stage("the input data drifts and one retraining Job runs", "drift", self.retrain_on_drift)
             problems = self.operator.logged_problems() if self.operator else []
             if problems:
                 raise StageFailed(f"the operator logged errors: {problems[:3]}")

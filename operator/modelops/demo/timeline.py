@@ -68,6 +68,15 @@ def _version_key(version: str) -> tuple[int | str, ...]:
     return tuple(int(part) if part.isdigit() else part for part in version.replace("-", ".").split("."))
 
 
+def weight_series(samples: list[Sample], version: str) -> list[float]:
+    """A version's route weight over time: NaN before it first appears, 0 once it has left the route."""
+    series, seen = [], False
+    for sample in samples:
+        seen = seen or version in sample.weights
+        series.append(float(sample.weights[version]) if version in sample.weights else (0.0 if seen else math.nan))
+    return series
+
+
 def draw(samples: list[Sample], markers: list[Marker], path: Path, *, title: str, latency_limit: float, drift_limit: float) -> Path:
     """Three stacked panels sharing the time axis; dashed lines are the checks' thresholds."""
     import matplotlib
@@ -79,7 +88,7 @@ def draw(samples: list[Sample], markers: list[Marker], path: Path, *, title: str
     figure, (weights, latency, drift) = plt.subplots(3, 1, sharex=True, figsize=(11, 8), constrained_layout=True)
     for version in versions:
         times = [s.at for s in samples]
-        weights.step(times, [s.weights.get(version, math.nan) for s in samples], where="post", label=version)
+        weights.step(times, weight_series(samples, version), where="post", label=version)
         latency.plot(times, [1000 * s.p99_seconds.get(version, math.nan) for s in samples], label=version)
         drift.plot(times, [s.drift.get(version, math.nan) for s in samples], label=version)
     latency.axhline(1000 * latency_limit, linestyle="--", color="grey", linewidth=1)
