@@ -170,6 +170,8 @@ def test_a_healthy_canary_is_promoted_replica_counts_follow_the_steps(rollout: R
     rollout.serve("2.0.0", latency_seconds=0.07)
     rollout.release("2.0.0")
 
+    selectors: list[dict[str, str]] = []
+
     def sample() -> tuple[int, int | None, int]:
         status = rollout.status()
         weight = (status.get("rollout") or {}).get("weight", -1)
@@ -177,9 +179,13 @@ def test_a_healthy_canary_is_promoted_replica_counts_follow_the_steps(rollout: R
             canary = rollout.replicas("2.0.0")
         except client.ApiException:
             canary = None
+        if weight == 50:
+            selectors.append(rollout.core.read_namespaced_service(NAME, rollout.namespace).spec.selector)
         return weight, canary, rollout.replicas("1.0.0") if (status.get("stable") or {}).get("version") == "1.0.0" else -1
 
     seen = record_while(lambda: (rollout.status().get("stable") or {}).get("version") == "2.0.0", sample, timeout=120)
+    # While the canary has weight, the entry Service selects both versions: the split is by pod count.
+    assert {"modelops.dev/deployment": NAME} in selectors, selectors
     during = [(weight, canary) for weight, canary, stable in seen if stable == 4 and canary is not None and weight >= 0]
     # Stable keeps 4 replicas; the canary gets max(1, round(4 w / (100 - w))): 1 at 0 % and 20 %, 4 at 50 %.
     assert (20, 1) in during and (50, 4) in during, seen

@@ -18,8 +18,13 @@ applying ``desired`` change ``observed``?" without asking the apiserver:
 True
 >>> is_applied({"spec": {"replicas": 2}}, {"spec": {"replicas": 3}})
 False
+
+A subset check cannot see a field the operator *stopped* setting (say a selector key): server-side
+apply removes it, because the operator's manager owns it. ``drops_owned_fields`` finds those from
+the object's ``managedFields``.
 """
 
+import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -77,3 +82,58 @@ def is_applied(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -
     if observed is None:
         return False
     return _applied(desired, observed)
+
+
+def _matches_key(item: Any, key: Mapping[str, Any]) -> bool:
+    """A desired list item matches a managedFields ``k:{...}`` key; fields the item leaves out are
+    taken as defaulted by the apiserver (a Service port's ``protocol``), so they match."""
+    return isinstance(item, Mapping) and all(name not in item or item[name] == value for name, value in key.items())
+
+
+def _dropped(fields: Mapping[str, Any], desired: Any, observed: Any) -> bool:
+    for key, child in fields.items():
+        if key.startswith("f:"):
+            name = key[2:]
+            if not isinstance(desired, Mapping) or name not in desired:
+                return True
+            here = observed.get(name) if isinstance(observed, Mapping) else None
+            atomic_map = not child and isinstance(desired[name], Mapping) and bool(desired[name])  # granular maps list their keys
+            if atomic_map and isinstance(here, Mapping) and set(here) - set(desired[name]):
+                return True  # an atomic map (a Service's selector): applying replaces it whole
+            if child and _dropped(child, desired[name], here):
+                return True
+        elif key.startswith("k:"):
+            if not isinstance(desired, Sequence) or isinstance(desired, str):
+                return True
+            item_key = json.loads(key[2:])
+            match = next((item for item in desired if _matches_key(item, item_key)), None)
+            here = next((item for item in observed if _matches_key(item, item_key)), None) if isinstance(observed, list) else None
+            if match is None or (child and _dropped(child, match, here)):
+                return True
+        # ".": the item itself; "v:" and "i:": set and atomic lists, which is_applied compares whole.
+    return False
+
+
+def drops_owned_fields(desired: Mapping[str, Any], observed: Mapping[str, Any] | None, manager: str) -> bool:
+    """True when ``manager`` owns, by server-side apply, a field of ``observed`` that ``desired`` no longer
+    sets: applying ``desired`` would remove it.
+
+    A Service's selector is an atomic map: the manager owns it whole (``f:selector: {}``), and
+    applying a smaller one replaces it.
+
+    >>> owned = {"f:spec": {"f:selector": {}}}
+    >>> observed = {"metadata": {"managedFields": [{"manager": "m", "operation": "Apply", "fieldsV1": owned}]},
+    ...             "spec": {"selector": {"app": "a", "version": "1"}}}
+    >>> drops_owned_fields({"spec": {"selector": {"app": "a"}}}, observed, "m")
+    True
+    >>> drops_owned_fields({"spec": {"selector": {"app": "a", "version": "1"}}}, observed, "m")
+    False
+    """
+    if observed is None:
+        return False
+    entries = (observed.get("metadata") or {}).get("managedFields") or []
+    return any(
+        _dropped(entry.get("fieldsV1") or {}, desired, observed)
+        for entry in entries
+        if entry.get("manager") == manager and entry.get("operation") == "Apply"
+    )

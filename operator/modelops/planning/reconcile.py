@@ -35,7 +35,7 @@ from modelops.api.v1alpha1 import (
 from modelops.planning import children, routers
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner
-from modelops.planning.compare import is_applied
+from modelops.planning.compare import drops_owned_fields, is_applied
 from modelops.planning.names import child_name
 from modelops.planning.monitoring import (
     MonitoringOutcome,
@@ -443,7 +443,8 @@ def plan(
     if retraining.create is not None and retraining.create["metadata"]["name"] not in observed.jobs:
         to_apply.append(Apply(retraining.create))
     for manifest in desired_children(owner, spec, state, observed):
-        if not is_applied(manifest, observed.get(manifest["kind"], manifest["metadata"]["name"])):
+        found = observed.get(manifest["kind"], manifest["metadata"]["name"])
+        if not is_applied(manifest, found) or drops_owned_fields(manifest, found, children.FIELD_MANAGER):
             to_apply.append(Apply(manifest))
     for version in {state.stable, state.canary} - {None}:
         if version == spec.model.version or version == state.canary:

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from modelops.planning.compare import is_applied
+from modelops.planning.compare import drops_owned_fields, is_applied
 
 DEPLOYMENT: dict[str, Any] = {
     "metadata": {"name": "m-1", "labels": {"a": "1"}},
@@ -104,3 +104,47 @@ def test_atomic_lists_of_maps_compare_item_by_item_with_defaults() -> None:
     desired = {"metrics": [{"type": "Resource", "resource": {"name": "cpu"}}]}
     assert is_applied(desired, {"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {}}}]})
     assert not is_applied(desired, {"metrics": []})
+
+
+SERVICE_FIELDS = {  # as the apiserver records a server-side apply of a Service by "modelops"
+    "f:metadata": {"f:labels": {"f:app": {}}},
+    "f:spec": {"f:ports": {'k:{"port":80,"protocol":"TCP"}': {".": {}, "f:name": {}, "f:port": {}, "f:targetPort": {}}},
+               "f:selector": {}},
+}
+
+
+def _service(selector: dict[str, str], manager: str = "modelops") -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"app": "m"}, "annotations": {"other-controller": "x"},
+                     "managedFields": [{"manager": manager, "operation": "Apply", "fieldsV1": SERVICE_FIELDS}]},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+                 "clusterIP": "10.96.0.1"},
+    }
+
+
+def _desired(selector: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"labels": {"app": "m"}}, "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+
+
+def test_a_selector_key_the_operator_stopped_setting_is_a_change() -> None:
+    observed = _service({"deployment": "m", "version": "1.0"})
+    smaller = _desired({"deployment": "m"})
+    assert is_applied(smaller, observed)  # a subset check alone misses it
+    assert drops_owned_fields(smaller, observed, "modelops")
+    assert not drops_owned_fields(_desired({"deployment": "m", "version": "1.0"}), observed, "modelops")
+
+
+def test_defaulted_key_fields_and_other_managers_fields_are_not_drops() -> None:
+    observed = _service({"deployment": "m"})
+    assert not drops_owned_fields(_desired({"deployment": "m"}), observed, "modelops")  # protocol: TCP is a default
+    assert not drops_owned_fields(_desired({"deployment": "m"}), _service({"deployment": "m", "x": "y"}, manager="kubectl"), "modelops")
+
+
+def test_a_port_or_label_the_operator_stopped_setting_is_a_change() -> None:
+    observed = _service({"deployment": "m"})
+    no_port = _desired({"deployment": "m"})
+    no_port["spec"]["ports"] = [{"name": "grpc", "port": 9000, "targetPort": 9000}]
+    assert drops_owned_fields(no_port, observed, "modelops")
+    no_label = _desired({"deployment": "m"})
+    no_label["metadata"]["labels"] = {}
+    assert drops_owned_fields(no_label, observed, "modelops")
