@@ -69,5 +69,7 @@ run: install ## run the operator against $$KUBECONFIG (all namespaces)
 	$(BIN)/modelops run --all-namespaces
 
 bench: install ## benchmarks (devcluster, real Prometheus, real servers); results in bench/results/
-	$(BIN)/python -m bench.analysis_queries
-	$(BIN)/python -m bench.serving $(if $(MLSERVER_BIN),--mlserver-bin $(MLSERVER_BIN))
+	$(WITH_GO) $(BIN)/python -m bench.analysis_queries --state-dir $(STATE_DIR)
+	$(WITH_GO) $(BIN)/python -m bench.serving $(if $(MLSERVER_BIN),--mlserver-bin $(MLSERVER_BIN))
+	$(WITH_GO) $(BIN)/python -m bench.rollback --state-dir $(STATE_DIR)
+	$(WITH_GO) $(BIN)/python -m bench.controlplane --state-dir $(STATE_DIR)

@@ -12,10 +12,14 @@ Times measured here come from ``time.monotonic()`` on this machine; the apiserve
 timestamps (second resolution) are never used for a latency.
 """
 
+import atexit
 import json
 import math
 import os
 import platform
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -177,6 +181,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source() -> dict[str, Any]:
+    """The commit measured, and whether the operator's source differed from it (read-only git)."""
+    repository = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"), "operator_modified": bool(git("status", "--porcelain", "--", "operator"))}
+
+
 def write_report(name: str, report: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
@@ -214,7 +231,10 @@ class OperatorSettings:
 def start_operator(state: ClusterState, admin: client.ApiClient, settings: OperatorSettings, log_path: Path) -> LocalOperator:
     """Installs CRDs and RBAC from ``manifests/`` and starts ``modelops run --all-namespaces`` as its ServiceAccount."""
     install_manifests(kubectl_for(state))
-    kubeconfig = service_account_kubeconfig(state, admin, log_path.with_suffix(".kubeconfig"))
+    # The token stays out of the repository: a private temporary folder, removed at exit.
+    folder = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    kubeconfig = service_account_kubeconfig(state, admin, folder / "operator.kubeconfig")
     log_path.unlink(missing_ok=True)
     operator = LocalOperator(
         kubeconfig=kubeconfig,
@@ -243,7 +263,7 @@ def ensure_namespace(api: client.ApiClient, name: str) -> None:
 
 
 def delete_namespaces(api: client.ApiClient, names: Iterable[str], timeout: float) -> float:
-    """Deletes the namespaces and waits until they are gone; returns how long that took."""
+    """Deletes the namespaces and waits until they are gone (``timeout`` 0: does not wait); returns how long that took."""
     core = client.CoreV1Api(api)
     started = time.monotonic()
     names = list(names)
@@ -253,6 +273,8 @@ def delete_namespaces(api: client.ApiClient, names: Iterable[str], timeout: floa
         except ApiException as error:
             if error.status != 404:
                 raise
+    if timeout <= 0:
+        return 0.0
 
     def gone() -> bool:
         present = {item.metadata.name for item in core.list_namespace(_request_timeout=REQUEST_TIMEOUT_SECONDS).items}
@@ -284,9 +306,9 @@ def is_ready(body: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def list_modeldeployments(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
+def list_modeldeployments(api: client.ApiClient, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
     custom = client.CustomObjectsApi(api)
-    answer = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _request_timeout=60)
+    answer = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=label_selector, _request_timeout=60)
     return list(answer.get("items") or [])
 
 
@@ -363,10 +385,11 @@ class Watcher:
         return resource_version
 
 
-def custom_list(api: client.ApiClient) -> Callable[..., Any]:
-    """``list_namespaced_custom_object`` bound to ModelDeployments, shaped like the typed list methods."""
+def custom_list(api: client.ApiClient, group: str = GROUP, version: str = VERSION, plural: str = PLURAL) -> Callable[..., Any]:
+    """``list_namespaced_custom_object`` bound to one custom resource (ModelDeployments by default), shaped like
+    the typed list methods."""
     custom = client.CustomObjectsApi(api)
-    return lambda namespace, **options: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **options)
+    return lambda namespace, **options: custom.list_namespaced_custom_object(group, version, namespace, plural, **options)
 
 
 @contextmanager
