@@ -165,3 +165,18 @@ def test_the_pod_runner_stops_servers_a_killed_runner_left_behind(tmp_path: Path
     assert orphan.wait(timeout=10) != 0
     assert not (runner.targets_dir / "pod-demo-p1.json").exists() and not (runner.endpoints_dir / "demo" / "p1.json").exists()
     assert (runner.endpoints_dir / "other" / "p2.json").exists()
+
+
+def test_a_devcluster_that_cannot_start_ends_the_demo_with_its_cause_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelops.devcluster.errors import DevclusterError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise DevclusterError("Go is not installed (no `go` on PATH)")
+
+    monkeypatch.setattr("modelops.devcluster.cluster.up", refuse)
+    monkeypatch.setattr("modelops.devcluster.cluster.down", lambda *a, **k: pytest.fail("stopped a cluster it did not start"))
+    lines: list[str] = []
+    assert Demo(Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "out"), echo=lines.append).run() == 1
+    assert "!! The demo failed: Go is not installed (no `go` on PATH)" in lines

@@ -29,6 +29,7 @@ from modelops.demo import models, timeline
 from modelops.demo.traffic import Gateway
 from modelops.devcluster import bootstrap, cluster, processes, toolchain
 from modelops.devcluster.cluster import ClusterState
+from modelops.devcluster.errors import DevclusterError
 from modelops.devcluster.layout import CacheLayout, cache_root, state_layout
 from modelops.devcluster.localoperator import Kubectl, LocalOperator, install_manifests, service_account_kubeconfig
 
@@ -154,8 +155,9 @@ class Demo:
         self.check_output_dir()
         layout = state_layout(self.settings.state_dir)
         existing = cluster.load_state(layout)
-        self.started_cluster = not (existing is not None and all(s.healthy for s in cluster.check(existing)))
+        was_running = existing is not None and all(s.healthy for s in cluster.check(existing))
         self.state = cluster.up(self.settings.state_dir, progress=lambda m: self.say(f"  [devcluster] {m}"))
+        self.started_cluster = not was_running  # only a cluster this run started is stopped at the end
         self.api = bootstrap.api_client(self.state.kubeconfig)
         binaries = toolchain.resolve(CacheLayout(cache_root()), progress=lambda m: self.say(f"  [build] {m}"))
         self.kubectl = Kubectl(binaries.kubectl, self.state.kubeconfig)
@@ -486,7 +488,7 @@ class Demo:
                 raise StageFailed(f"the operator logged errors: {problems[:3]}")
             self.summarise()
             return 0
-        except (StageFailed, client.ApiException, RuntimeError) as error:
+        except (StageFailed, DevclusterError, client.ApiException, RuntimeError) as error:
             self.explain_failure(error)
             if self.samples:
                 self.summarise()
