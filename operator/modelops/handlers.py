@@ -24,6 +24,7 @@ import datetime
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,7 @@ from modelops.planning.children import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAG
 from modelops.reconciler import Outcome, reconcile
 
 RESYNC_SECONDS = float(os.environ.get("MODELOPS_RESYNC_SECONDS", "60"))
+MINIMUM_PAUSE_SECONDS = 1.0  # between periodic passes, even when one overran the resync period
 ANALYSIS_TICK_SECONDS = float(os.environ.get("MODELOPS_ANALYSIS_TICK_SECONDS", "1"))
 FINALIZER = "modelops.dev/finalizer"
 
@@ -222,8 +224,12 @@ async def _periodic_passes(memo: kopf.Memo) -> None:
     kopf put a finalizer on every ModelDeployment (so deleting one would hang while the
     operator is down) and keep a task per object.
     """
+    took = 0.0
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        # Passes start every RESYNC_SECONDS (right away when the last one took longer), not
+        # RESYNC_SECONDS after the last one ended: a slow pass must not stretch the period.
+        await asyncio.sleep(max(MINIMUM_PAUSE_SECONDS, RESYNC_SECONDS - took))
+        started = time.monotonic()
         with _guard:
             keys = sorted(_watched)
         for namespace, name in keys:
@@ -231,6 +237,11 @@ async def _periodic_passes(memo: kopf.Memo) -> None:
                 await asyncio.to_thread(_run_pass, namespace, name, memo, log)
             except Exception:  # noqa: BLE001 - one broken object must not stop the periodic pass
                 log.exception("periodic pass of %s/%s failed", namespace, name)
+        took = time.monotonic() - started
+        metrics.periodic_pass_seconds.set(took)
+        metrics.periodic_pass_objects.set(len(keys))
+        if took > RESYNC_SECONDS:
+            log.warning("the periodic pass over %d ModelDeployments took %.1fs, longer than --resync-seconds %s", len(keys), took, RESYNC_SECONDS)
 
 
 def _query(memo: kopf.Memo, promql: str) -> QueryResult:

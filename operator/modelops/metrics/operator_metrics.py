@@ -19,6 +19,8 @@ reconcile_passes = Counter("modelops_reconcile_total", "Reconciliation passes by
 prometheus_queries = Counter("modelops_prometheus_queries_total", "Prometheus queries by result.", ("result",))
 analysis_tick_queries = Gauge("modelops_analysis_tick_queries", "Prometheus queries made by the last analysis tick.")
 analysis_tick_canaries = Gauge("modelops_analysis_tick_canaries", "Canaries evaluated by the last analysis tick.")
+periodic_pass_seconds = Gauge("modelops_periodic_pass_seconds", "Duration of the last periodic pass over every ModelDeployment.")
+periodic_pass_objects = Gauge("modelops_periodic_pass_objects", "ModelDeployments the last periodic pass reconciled.")
 for _result in ("ok", "error"):  # every result series exists from the start, at 0
     reconcile_passes.labels(_result)
     prometheus_queries.labels(_result)
