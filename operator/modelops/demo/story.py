@@ -43,6 +43,7 @@ TRAFFIC_RATE = 20
 STEP_WEIGHTS = (20, 50, 80)
 API_TIMEOUT_SECONDS = 10
 SAMPLE_SECONDS = 2
+Status = dict[str, Any]
 MARKER = ".modelops-demo"
 
 
@@ -75,6 +76,7 @@ class Demo:
     markers: list[timeline.Marker] = field(default_factory=list)
     state: ClusterState | None = None
     api: client.ApiClient | None = None
+    gateway: Gateway | None = None
     kubectl: Kubectl | None = None
     operator: LocalOperator | None = None
     helpers: list[processes.ProcessRecord] = field(default_factory=list)
@@ -117,14 +119,18 @@ class Demo:
     def status(self) -> dict[str, Any]:
         return self.read().get("status") or {}
 
-    def wait(self, what: str, check: Callable[[], bool], timeout: float, *, follow: Callable[[], None] | None = None) -> None:
-        """Polls ``check`` (and ``follow``, which prints progress) until true; a timeout is a failed stage."""
-        deadline = time.monotonic() + timeout
+    def wait(self, what: str, check: Callable[[Status], bool], timeout: float, *,
+             follow: Callable[[Status], str] | None = None) -> None:
+        """Reads status once a second and passes it to ``check`` until true; ``follow`` renders a progress
+        line, printed whenever it changes. A timeout is a failed stage."""
+        deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
             self.sample()
-            if follow is not None:
-                follow()
-            if check():
+            status = self.status()
+            if follow is not None and (line := follow(status)) != last:
+                self.say(f"  +{self.elapsed():5.0f}s  {line}")
+                last = line
+            if check(status):
                 return
             time.sleep(1)
         raise StageFailed(f"{what}: not seen within {timeout:.0f}s")
@@ -134,11 +140,10 @@ class Demo:
     def sample(self) -> None:
         if self.samples and self.elapsed() - self.samples[-1].at < SAMPLE_SECONDS:
             return
-        assert self.api is not None and self.state is not None
-        gateway = Gateway(self.api, self.state.root, self.ns, NAME)
+        assert self.gateway is not None and self.state is not None
         point = timeline.Sample(at=round(self.elapsed(), 1))
         try:
-            point.weights = {b.version: b.weight for b in gateway.backends()}
+            point.weights = {b.version: b.weight for b in self.gateway.backends()}
             point.p99_seconds = timeline.query(self.state.prometheus_url, timeline.latency_query(self.ns, NAME))
             point.drift = timeline.query(self.state.prometheus_url, timeline.drift_query(self.ns, NAME))
         except (client.ApiException, OSError, ValueError) as error:
@@ -159,6 +164,7 @@ class Demo:
         self.state = cluster.up(self.settings.state_dir, progress=lambda m: self.say(f"  [devcluster] {m}"))
         self.started_cluster = not was_running  # only a cluster this run started is stopped at the end
         self.api = bootstrap.api_client(self.state.kubeconfig)
+        self.gateway = Gateway(self.api, self.state.root, self.ns, NAME)
         binaries = toolchain.resolve(CacheLayout(cache_root()), progress=lambda m: self.say(f"  [build] {m}"))
         self.kubectl = Kubectl(binaries.kubectl, self.state.kubeconfig)
         self.stop_previous_run()
@@ -287,17 +293,16 @@ class Demo:
 
     def deploy_first_version(self) -> str:
         self.release("1.0.0")
-        self.wait("1.0.0 Healthy with 2 Ready replicas", lambda: self._stable_is("1.0.0", ready=2), timeout=120)
-        self.wait("requests answered by 1.0.0 (the pod runner's servers)", lambda: self._answered("1.0.0"), timeout=60)
+        self.wait("1.0.0 Healthy with 2 Ready replicas", lambda status: _stable_is(status, "1.0.0", ready=2), timeout=120)
+        self.wait("requests answered by 1.0.0 (the pod runner's servers)", lambda _: self._answered("1.0.0"), timeout=60)
         self.show("get", "mdep", "-n", self.ns)
         self.show("get", "deploy,svc,hpa,httproute", "-n", self.ns)
         return "fraud-detector 1.0.0 is Healthy and serving"
 
     def promote_good_canary(self) -> str:
         self.release("2.0.0")
-        follow = self.progress_printer()
-        self.wait("2.0.0 promoted to stable", lambda: self._stable_is("2.0.0") and not self.status().get("canary"),
-                  timeout=240, follow=follow)
+        self.wait("2.0.0 promoted to stable", lambda status: _stable_is(status, "2.0.0") and not status.get("canary"),
+                  timeout=240, follow=_progress_line)
         history = self.status().get("history") or []
         if not any(h["version"] == "2.0.0" and h["outcome"] == "Promoted" for h in history):
             raise StageFailed(f"2.0.0 is stable but history has no Promoted entry: {history}")
@@ -311,16 +316,15 @@ class Demo:
 
     def roll_back_slow_canary(self) -> str:
         self.release("3.0.0")
-        follow = self.progress_printer()
-        self.wait("3.0.0 rolled back and blocked", lambda: (self.status().get("blockedRevision") or {}).get("version") == "3.0.0",
-                  timeout=180, follow=follow)
+        self.wait("3.0.0 rolled back and blocked", lambda status: (status.get("blockedRevision") or {}).get("version") == "3.0.0",
+                  timeout=180, follow=_progress_line)
         status = self.status()
         blocked = status["blockedRevision"]
         if (status.get("stable") or {}).get("version") != "2.0.0":
             raise StageFailed(f"after the rollback the stable version is {status.get('stable')}, not 2.0.0")
         if "latency" not in blocked.get("reason", ""):
             raise StageFailed(f"3.0.0 was blocked, but not for latency: {blocked.get('reason')}")
-        self.wait("all traffic back on 2.0.0", lambda: self._route_weights() == {"2.0.0": 100}, timeout=60)
+        self.wait("all traffic back on 2.0.0", lambda _: self._route_weights() == {"2.0.0": 100}, timeout=60)
         self.show("get", "mdep", "-n", self.ns, "-o", "wide")
         self.show_status_lines("blockedRevision")
         self.show("get", "events", "-n", self.ns, f"--field-selector=involvedObject.name={NAME}", "--sort-by=.lastTimestamp")
@@ -331,9 +335,9 @@ class Demo:
         assert uri == self.recent_data_uri
         self.set_shift(DRIFT_SHIFT)
         self.say(f"  the traffic generator now shifts every feature's mean by {DRIFT_SHIFT}")
-        follow = self.monitor_printer()
-        self.wait("the drift check failing", lambda: self._monitor_verdict("drift") == "Fail", timeout=120, follow=follow)
-        self.wait("a finished retraining run with a candidate", self._candidate_recorded, timeout=180, follow=follow)
+        self.wait("the drift check failing", lambda status: _monitor_verdict(status, "drift") == "Fail", timeout=120,
+                  follow=_monitor_line)
+        self.wait("a finished retraining run with a candidate", _candidate_recorded, timeout=180, follow=_monitor_line)
         jobs = client.BatchV1Api(self.api).list_namespaced_job(self.ns, _request_timeout=API_TIMEOUT_SECONDS).items
         if [j.metadata.name for j in jobs] != [f"{NAME}-retrain-1"]:
             raise StageFailed(f"expected exactly one retraining Job, found {[j.metadata.name for j in jobs]}")
@@ -344,59 +348,13 @@ class Demo:
 
     # ---- what the stages look at ---------------------------------------------------------------------
 
-    def _stable_is(self, version: str, ready: int | None = None) -> bool:
-        status = self.status()
-        stable = status.get("stable") or {}
-        return (status.get("phase") == "Healthy" and stable.get("version") == version
-                and (ready is None or stable.get("readyReplicas") == ready))
-
     def _answered(self, version: str) -> bool:
         traffic = self.samples[-1].p99_seconds if self.samples else {}
         return version in traffic
 
     def _route_weights(self) -> dict[str, int]:
-        assert self.api is not None and self.state is not None
-        backends = Gateway(self.api, self.state.root, self.ns, NAME).backends()
-        return {b.version: b.weight for b in backends if b.weight}
-
-    def _monitor_verdict(self, check: str) -> str | None:
-        checks = (self.status().get("monitoring") or {}).get("checks") or []
-        return next((c.get("verdict") for c in checks if c["name"] == check), None)
-
-    def _candidate_recorded(self) -> bool:
-        run = (self.status().get("retraining") or {}).get("lastRun") or {}
-        if run.get("outcome") == "Failed" or (run.get("outcome") == "Succeeded" and not run.get("candidate")):
-            raise StageFailed(f"the retraining run {run.get('job')} ended {run.get('outcome')} without a candidate: {run.get('reason')}")
-        return run.get("outcome") == "Succeeded"
-
-    def progress_printer(self) -> Callable[[], None]:
-        """Prints one line each time the rollout's step, weight or verdicts change."""
-        last: list[str] = [""]
-
-        def follow() -> None:
-            status = self.status()
-            rollout = status.get("rollout") or {}
-            checks = ", ".join(f"{c['name']} {c.get('verdict') or '-'}{_value(c)}" for c in rollout.get("checks") or [])
-            line = (f"step {rollout.get('step', '-')}, canary {rollout.get('revision', '-')} at {rollout.get('weight', 0)}%: {checks}"
-                    if rollout else f"{status.get('phase')}: {status.get('message') or ''}")
-            if line != last[0]:
-                self.say(f"  +{self.elapsed():5.0f}s  {line}")
-                last[0] = line
-        return follow
-
-    def monitor_printer(self) -> Callable[[], None]:
-        last: list[str] = [""]
-
-        def follow() -> None:
-            status = self.status()
-            checks = (status.get("monitoring") or {}).get("checks") or []
-            run = (status.get("retraining") or {}).get("lastRun") or {}
-            drift = ", ".join(f"{c['name']} {c.get('verdict') or '-'}{_value(c)}" for c in checks)
-            line = f"monitoring: {drift}" + (f"; retraining {run.get('job')}: {run.get('outcome')}" if run else "")
-            if line != last[0]:
-                self.say(f"  +{self.elapsed():5.0f}s  {line}")
-                last[0] = line
-        return follow
+        assert self.gateway is not None
+        return {b.version: b.weight for b in self.gateway.backends() if b.weight}
 
     def show_status_lines(self, *fields: str) -> None:
         self.say(f"$ kubectl get mdep {NAME} -n {self.ns} -o jsonpath='{{.status}}'   (selected fields)")
@@ -500,3 +458,40 @@ class Demo:
 def _value(check: dict[str, Any]) -> str:
     value = check.get("value")
     return f" ({value:.3g})" if isinstance(value, (int, float)) else ""
+
+
+def _stable_is(status: Status, version: str, ready: int | None = None) -> bool:
+    stable = status.get("stable") or {}
+    return (status.get("phase") == "Healthy" and stable.get("version") == version
+            and (ready is None or stable.get("readyReplicas") == ready))
+
+
+def _monitor_verdict(status: Status, check: str) -> str | None:
+    checks = (status.get("monitoring") or {}).get("checks") or []
+    return next((c.get("verdict") for c in checks if c["name"] == check), None)
+
+
+def _candidate_recorded(status: Status) -> bool:
+    run = (status.get("retraining") or {}).get("lastRun") or {}
+    if run.get("outcome") == "Failed" or (run.get("outcome") == "Succeeded" and not run.get("candidate")):
+        raise StageFailed(f"the retraining run {run.get('job')} ended {run.get('outcome')} without a candidate: {run.get('reason')}")
+    return run.get("outcome") == "Succeeded"
+
+
+def _checks_line(checks: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['name']} {c.get('verdict') or '-'}{_value(c)}" for c in checks)
+
+
+def _progress_line(status: Status) -> str:
+    """The rollout's step, weight and verdicts (or the phase when no canary is live)."""
+    rollout = status.get("rollout") or {}
+    if not rollout:
+        return f"{status.get('phase')}: {status.get('message') or ''}"
+    return (f"step {rollout.get('step', '-')}, canary {rollout.get('revision', '-')} at {rollout.get('weight', 0)}%: "
+            f"{_checks_line(rollout.get('checks') or [])}")
+
+
+def _monitor_line(status: Status) -> str:
+    run = (status.get("retraining") or {}).get("lastRun") or {}
+    line = f"monitoring: {_checks_line((status.get('monitoring') or {}).get('checks') or [])}"
+    return line + (f"; retraining {run.get('job')}: {run.get('outcome')}" if run else "")

@@ -26,6 +26,7 @@ import numpy as np
 from kubernetes import client
 
 from modelops.devcluster.podrunner import endpoints
+from modelops.planning.routers import route_weights
 
 log = logging.getLogger(__name__)
 GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
@@ -83,8 +84,7 @@ class Gateway:
             if error.status == 404:
                 return {}
             raise
-        refs = [ref for rule in route.get("spec", {}).get("rules") or [] for ref in rule.get("backendRefs") or []]
-        return {ref["name"]: int(ref.get("weight", 1)) for ref in refs}
+        return route_weights(route)
 
     def backends(self) -> list[Backend]:
         published = {e["pod"]: int(e["port"]) for e in endpoints(self.state_dir, self.namespace)}

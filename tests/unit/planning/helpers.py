@@ -12,6 +12,13 @@ NOW = "2026-11-26T12:00:00Z"
 LATER = "2026-11-26T12:05:00Z"
 
 
+def at(seconds: int) -> str:
+    """RFC 3339 time ``seconds`` after NOW."""
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"2026-11-26T{12 + hours:02d}:{minutes:02d}:{rest:02d}Z"
+
+
 def spec(**overrides: Any) -> ModelDeploymentSpec:
     document: dict[str, Any] = {
         "model": {"version": "2.1.0", "uri": "s3://models/fraud/2.1.0/", "format": "sklearn"},

@@ -14,14 +14,9 @@ from modelops.planning.monitoring import (
     roll_back_to_previous,
     triggers,
 )
+from tests.unit.planning.helpers import NOW as T0, at
 
 OWNER = Owner("fraud", "ml", "uid-1")
-T0 = "2026-11-26T12:00:00Z"
-
-
-def at(seconds: int) -> str:
-    minutes, rest = divmod(seconds, 60)
-    return f"2026-11-26T{12 + minutes // 60:02d}:{minutes % 60:02d}:{rest:02d}Z"
 
 
 def spec(**extra: Any) -> ModelDeploymentSpec:

@@ -8,14 +8,8 @@ import pytest
 from modelops.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus, VersionStatus
 from modelops.planning.analysis import Evaluation
 from modelops.planning.rollout import RolloutState, advance, analysis_due
+from tests.unit.planning.helpers import NOW as T0, at
 
-T0 = "2026-11-26T12:00:00Z"
-
-
-def at(seconds: int) -> str:
-    minutes, rest = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"2026-11-26T{12 + hours:02d}:{minutes:02d}:{rest:02d}Z"
 
 
 def spec(**rollout: Any) -> ModelDeploymentSpec:
