@@ -22,7 +22,12 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-_DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+_DROPPED_KEYS = {"title", "$defs"}
+
+
+def _is_scalar(schema: Any) -> bool:
+    """A map's value schema the apiserver can check (``dict[str, float]``); other maps stay free-form."""
+    return isinstance(schema, dict) and schema.get("type") in ("number", "integer", "string", "boolean")
 
 
 def _structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
@@ -41,16 +46,20 @@ def _structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str
     for key, value in schema.items():
         if key in _DROPPED_KEYS or (key == "default" and value is None):
             continue
+        if key == "additionalProperties" and not _is_scalar(value):
+            continue  # free-form or nested: preserved below
         if key == "properties":
             result[key] = {name: _structural(child, definitions) for name, child in value.items()}
         elif key == "items":
             result[key] = _structural(value, definitions)
+        elif key == "additionalProperties":
+            result[key] = _structural(value, definitions)  # a typed map (dict[str, float]): the apiserver checks its values
         else:
             result[key] = value
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(result.get(bound), (int, float)) and not isinstance(result[bound], bool):
             result[limit], result[bound] = result[bound], True  # OpenAPI v3.0 form, which Kubernetes expects
-    if result.get("type") == "object" and "properties" not in result:
+    if result.get("type") == "object" and "properties" not in result and "additionalProperties" not in result:
         result["x-kubernetes-preserve-unknown-fields"] = True  # free-form: dict[str, Any]
     if "description" in result:
         result["description"] = " ".join(result["description"].split())
