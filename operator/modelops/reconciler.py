@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, RetrainingRun, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
+from modelops.planning import revisions
 from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
@@ -100,6 +101,7 @@ def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | N
             if version:
                 versions[(kind, item["metadata"]["name"])] = version
     return planning.Observed(
+        revisions={r["metadata"]["name"]: revisions.observe_revision(r) for r in found.get(revisions.KIND, [])},
         deployments={d["metadata"]["name"]: observe_deployment(d) for d in found.get("Deployment", [])},
         services={s["metadata"]["name"]: s for s in found.get("Service", [])},
         autoscalers={h["metadata"]["name"]: h for h in found.get("HorizontalPodAutoscaler", [])},
@@ -114,11 +116,37 @@ def status_document(status: ModelDeploymentStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True)
 
 
-def current_status(body: Mapping[str, Any]) -> ModelDeploymentStatus:
+MAX_FIELDS_NAMED = 5
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    """``("retraining", "lastRun", "candidate", "metrics", "auc")`` -> ``status.retraining.lastRun.candidate.metrics.auc``."""
+    return "status" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)[:256]
+
+
+def read_status(body: Mapping[str, Any]) -> tuple[ModelDeploymentStatus, list[str]]:
+    """The status, read field by field: every top-level field the models accept is kept, and the
+    paths of the ones they refuse are returned (the pass then holds: see ``reconcile``)."""
+    raw = body.get("status") or {}
+    if not isinstance(raw, Mapping):
+        return ModelDeploymentStatus(), ["status"]
     try:
-        return ModelDeploymentStatus.model_validate(body.get("status") or {})
+        return ModelDeploymentStatus.model_validate(raw), []
+    except ValidationError as error:
+        problems = error.errors()
+    refused = {problem["loc"][0] for problem in problems if problem["loc"]}
+    kept = {key: value for key, value in raw.items() if key not in refused}
+    try:
+        status = ModelDeploymentStatus.model_validate(kept)
     except ValidationError:
-        return ModelDeploymentStatus()  # written by someone else in a shape we do not know: rebuild it
+        status = ModelDeploymentStatus()
+    named = sorted({f"{_field_path(problem['loc'])} ({problem['msg'][:120]})" for problem in problems})
+    return status, named[:MAX_FIELDS_NAMED]
+
+
+def current_status(body: Mapping[str, Any]) -> ModelDeploymentStatus:
+    """The fields of status that can be read (see ``read_status``)."""
+    return read_status(body)[0]
 
 
 def _invalid_spec_status(previous: ModelDeploymentStatus, error: ValidationError, generation: int, now: str) -> ModelDeploymentStatus:
@@ -139,9 +167,13 @@ def _degraded_message(status: ModelDeploymentStatus) -> str | None:
     return next((c.message for c in status.conditions if c.type == "Degraded" and c.status == "True"), None)
 
 
-def _routes_last(writes: list[planning.Apply]) -> list[planning.Apply]:
-    """Traffic routes are written after every Service they may point at."""
-    return [w for w in writes if w.manifest["kind"] != "HTTPRoute"] + [w for w in writes if w.manifest["kind"] == "HTTPRoute"]
+def _traffic_last(writes: list[planning.Apply]) -> list[planning.Apply]:
+    """Traffic is moved after everything it may point at exists: other children, then the entry
+    Service, then the HTTPRoute."""
+    def rank(write: planning.Apply) -> int:
+        return 2 if write.manifest["kind"] == "HTTPRoute" else int(write.traffic)
+
+    return sorted(writes, key=rank)
 
 
 def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) -> None:
@@ -189,8 +221,11 @@ def reconcile(
     metadata = body["metadata"]
     owner = Owner(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
     generation = _int(metadata.get("generation"))
-    previous = current_status(body)
+    previous, unreadable = read_status(body)
     outcome = Outcome()
+    if unreadable:
+        problem = f"cannot read {'; '.join(unreadable)}: holding, nothing is written until status is fixed"
+        return _hold_unreadable(cluster, owner, previous, planning.unreadable_status(previous, problem, generation, now), outcome)
     try:
         spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
@@ -208,33 +243,22 @@ def reconcile(
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
     )
-    created: set[tuple[str, str]] = set()  # children this pass creates: checked once, not once per write
-    failed_services: list[str] = []
-    for write in _routes_last(plan.apply):
-        key = (write.manifest["kind"], write.manifest["metadata"]["name"])
-        if key[0] == "HTTPRoute" and failed_services:
-            # Never send traffic to a Service that is not ours or not as planned: the route keeps its old weights.
-            outcome.errors.append(f"{write.label}: not updated, because {', '.join(failed_services)} could not be applied")
-            continue
-        try:
-            if observed.get(*key) is None and key not in created:
-                _refuse_foreign(cluster, owner, write)
-                created.add(key)
-            cluster.apply(write.manifest, write.field_manager)
-            outcome.applied.append(write.label)
-        except ApiError as error:
-            outcome.errors.append(f"{write.label}: {error.message}")
-            if key[0] == "Service":
-                failed_services.append(write.label)
-    for kind, name in plan.delete:
-        try:
-            cluster.delete(owner.namespace, kind, name)
-            outcome.deleted.append(f"{kind} {name}")
-        except ApiError as error:
-            outcome.errors.append(f"deleting {kind} {name}: {error.message}")
+    if plan.unreadable:
+        return _hold_unreadable(cluster, owner, previous, plan.status, outcome)
+    traffic_error = _apply_writes(cluster, owner, plan, observed, outcome)
+    if not traffic_error:
+        _delete_stale(cluster, owner, plan, outcome)
 
     status = plan.status
-    if outcome.errors:
+    if traffic_error and previous.stable is not None:
+        # Traffic first: the rollout's new state counts only once its split is applied. Status keeps
+        # the state (and weights) last applied; this pass's transitions did not happen, and the
+        # next pass tries again.
+        status = planning.compute_status(
+            owner, spec, previous, planning.previous_state(previous), observed, generation, now, outcome.errors,
+            plan.changing, retraining=previous.retraining, traffic_error=traffic_error,
+        )
+    elif outcome.errors:
         status = planning.compute_status(
             owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
             monitoring=plan.monitoring, retraining=plan.status.retraining,
@@ -245,6 +269,59 @@ def reconcile(
         cluster.patch_status(owner.namespace, owner.name, status_document(status))
         outcome.status_written = True
     outcome.new_failure = bool(outcome.errors) and _degraded_message(status) != _degraded_message(previous)
-    outcome.events = plan.events
+    outcome.events = [] if traffic_error else plan.events
     outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
+    return outcome
+
+
+def _apply_writes(cluster: ClusterApi, owner: Owner, plan: planning.Plan, observed: planning.Observed, outcome: Outcome) -> str:
+    """Applies the plan's writes, traffic last; returns why traffic could not be split as planned ("" when it was)."""
+    created: set[tuple[str, str]] = set()  # children this pass creates: checked once, not once per write
+    failed_services: list[str] = []
+    traffic_errors: list[str] = []
+    for write in _traffic_last(plan.apply):
+        key = (write.manifest["kind"], write.manifest["metadata"]["name"])
+        if write.traffic and failed_services:
+            # Never send traffic to a Service that is not ours or not as planned: the split stays as it was.
+            message = f"{write.label}: not updated, because {', '.join(failed_services)} could not be applied"
+            outcome.errors.append(message)
+            traffic_errors.append(message)
+            continue
+        try:
+            if observed.get(*key) is None and key not in created:
+                _refuse_foreign(cluster, owner, write)
+                created.add(key)
+            cluster.apply(write.manifest, write.field_manager)
+            outcome.applied.append(write.label)
+        except ApiError as error:
+            outcome.errors.append(f"{write.label}: {error.message}")
+            if write.traffic:
+                traffic_errors.append(f"{write.label}: {error.message}")
+            elif key[0] == "Service":
+                failed_services.append(write.label)
+    return "; ".join(traffic_errors)[:1024]
+
+
+def _delete_stale(cluster: ClusterApi, owner: Owner, plan: planning.Plan, outcome: Outcome) -> None:
+    for kind, name in plan.delete:
+        try:
+            cluster.delete(owner.namespace, kind, name)
+            outcome.deleted.append(f"{kind} {name}")
+        except ApiError as error:
+            outcome.errors.append(f"deleting {kind} {name}: {error.message}")
+
+
+def _hold_unreadable(
+    cluster: ClusterApi, owner: Owner, previous: ModelDeploymentStatus, status: ModelDeploymentStatus, outcome: Outcome
+) -> Outcome:
+    """Fail closed on a status that cannot be trusted: no child is written, only phase, message and
+    conditions (so the fields that could not be read are kept as they are), and one Warning event
+    when the problem is new."""
+    message = _degraded_message(status) or "status cannot be read"
+    if status != previous:
+        cluster.patch_status(owner.namespace, owner.name, planning.partial_status_document(status))
+        outcome.status_written = True
+    if _degraded_message(previous) != message:
+        outcome.events = [planning.Event("Warning", "StatusUnreadable", message)]
+    outcome.errors.append(message)
     return outcome

@@ -24,7 +24,7 @@ class FakeCluster:
 
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
         self.calls.append("list")
-        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": [], "HTTPRoute": []}
+        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": [], "HTTPRoute": [], "ControllerRevision": []}
         for (kind, _), item in self.objects.items():
             result[kind].append(copy.deepcopy(item))
         return result
@@ -66,7 +66,8 @@ def body(**spec_overrides: Any) -> dict[str, Any]:
 def test_passes_converge_to_writing_nothing() -> None:
     cluster = FakeCluster(body())
     first = reconcile(cluster, cluster.body, NOW)
-    assert first.applied == ["Deployment m-1-0", "Service m-1-0", "Service m", "Deployment m-1-0 replicas=1"]
+    record = next(label for label in first.applied if label.startswith("ControllerRevision m-1-0-"))
+    assert first.applied == [record, "Deployment m-1-0", "Service m-1-0", "Deployment m-1-0 replicas=1", "Service m"]
     assert "apply Deployment m-1-0 as modelops-replicas" in cluster.calls
     assert first.status_written
     assert [e.reason for e in first.events] == ["Released"]
@@ -83,7 +84,8 @@ def test_an_apply_error_is_reported_in_status_and_other_children_still_apply() -
     cluster = FakeCluster(body())
     cluster.fail_apply["Service"] = ApiError(403, 'services is forbidden: User "x" cannot patch')
     outcome = reconcile(cluster, cluster.body, NOW)
-    assert outcome.applied == ["Deployment m-1-0", "Deployment m-1-0 replicas=1"]
+    assert outcome.applied[1:] == ["Deployment m-1-0", "Deployment m-1-0 replicas=1"]
+    assert outcome.applied[0].startswith("ControllerRevision m-1-0-")
     assert len(outcome.errors) == 2
     assert cluster.body["status"]["phase"] == "Degraded"
     degraded = next(c for c in cluster.body["status"]["conditions"] if c["type"] == "Degraded")

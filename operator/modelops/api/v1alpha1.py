@@ -767,7 +767,11 @@ class RolloutStatus(StatusModel):
     """Query errors in a row."""
 
     last_progress_at: str = Field(max_length=64)
-    """When the rollout last moved forward (the progress deadline counts from here)."""
+    """When the rollout last moved forward (the progress deadline counts from here, minus time held)."""
+
+    held_since: str | None = Field(default=None, max_length=64)
+    """Since when the progress-deadline clock is stopped (a pause, a manual gate, or a hold that is not the
+    canary's doing); absent while it runs."""
 
     next_analysis_at: str | None = Field(default=None, max_length=64)
     """When the checks run next."""

@@ -147,6 +147,11 @@ class KubernetesClusterApi:
                 lambda name, namespace, **kw: route(custom.delete_namespaced_custom_object)(namespace, name, **kw),
                 optional=True,
             ),
+            # Revision records: immutable, applied once under a name that hashes their content.
+            "ControllerRevision": _Kind(
+                "apps/v1", self._apps.list_namespaced_controller_revision, self._apps.read_namespaced_controller_revision,
+                self._apps.patch_namespaced_controller_revision, self._apps.delete_namespaced_controller_revision,
+            ),
             # Jobs are created, never updated: their template is immutable.
             "Job": _Kind(
                 "batch/v1", self._batch.list_namespaced_job, self._batch.read_namespaced_job,

@@ -5,10 +5,11 @@ The model of a pass:
 1. **Advance the rollout** (``rollout.advance``): which version is stable, which is the
    canary and at what weight, given readiness, this tick's check verdicts and manual actions.
 2. **Render the desired children** (``children``, ``routers``) for the version the spec
-   describes (stable or canary) and the traffic split, and keep only those that
-   ``compare.is_applied`` says would change: in steady state the list is empty. The stable
-   version's children are not re-rendered while a canary is live (the spec now describes
-   the canary); they stay as they are.
+   describes (stable or canary), for the stable version from its record (``revisions``)
+   when the spec describes another, and for the traffic split; keep only those that
+   ``compare.is_applied`` says would change: in steady state the list is empty. Every
+   released version has a record (a ControllerRevision), created the first time the spec
+   names it.
 3. **Replica counts** are applied separately under the field manager
    ``modelops-replicas`` (see ``replica_writes``), so the main field manager never owns
    ``replicas`` and an HPA is never fought.
@@ -32,7 +33,7 @@ from modelops.api.v1alpha1 import (
     Track,
     VersionStatus,
 )
-from modelops.planning import children, routers
+from modelops.planning import children, revisions, routers
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner
 from modelops.planning.compare import drops_owned_fields, is_applied
@@ -46,7 +47,8 @@ from modelops.planning.monitoring import (
     roll_back_to_previous,
     triggers,
 )
-from modelops.planning.rollout import Event, RolloutState, advance
+from modelops.planning.revisions import ObservedRevision, RevisionRecord
+from modelops.planning.rollout import Event, Hold, RolloutState, advance
 
 
 @dataclass(frozen=True)
@@ -91,18 +93,30 @@ class Observed:
     routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     jobs: Mapping[str, ObservedJob] = field(default_factory=dict)
     versions_by_child: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    revisions: Mapping[str, ObservedRevision] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> Mapping[str, Any] | None:
         if kind == "Deployment":
             found = self.deployments.get(name)
             return found.manifest if found else None
-        if kind == "Job":
-            return {"metadata": {"name": name}} if name in self.jobs else None
+        if kind in ("Job", revisions.KIND):
+            # Created once and immutable: existing by name is all that matters.
+            present = name in (self.jobs if kind == "Job" else self.revisions)
+            return {"metadata": {"name": name}} if present else None
         table = {"Service": self.services, "HorizontalPodAutoscaler": self.autoscalers, "HTTPRoute": self.routes}
         return table[kind].get(name)
 
     def deployment_of(self, version: str) -> ObservedDeployment | None:
         return next((found for found in self.deployments.values() if found.version == version), None)
+
+    @property
+    def records(self) -> dict[str, RevisionRecord]:
+        """Version -> the newest readable record of it."""
+        return revisions.latest_records(self.revisions)
+
+    def released_versions(self) -> set[str]:
+        """Versions with children or records: what a first release must not find besides its own."""
+        return {found.version for found in self.deployments.values()} | {found.version for found in self.revisions.values()}
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,13 @@ class Apply:
 
     manifest: dict[str, Any]
     field_manager: str = children.FIELD_MANAGER
+
+    @property
+    def traffic(self) -> bool:
+        """Whether this write moves traffic (the entry Service, the HTTPRoute): see ``reconciler``, traffic first."""
+        return self.manifest["kind"] == "HTTPRoute" or (
+            self.manifest["kind"] == "Service" and children.LABEL_MODEL_VERSION not in self.manifest["metadata"].get("labels", {})
+        )
 
     @property
     def label(self) -> str:
@@ -132,13 +153,24 @@ class Plan:
     changing: frozenset[str] = frozenset()
     monitoring: MonitoringOutcome | None = None
     completed_run: RetrainingRun | None = None  # a retraining run that just produced a candidate (to announce)
+    unreadable: bool = False  # holding on a status it cannot trust: write only ``partial_status_document(status)``
 
 
-def wanted_replicas(spec: ModelDeploymentSpec, found: ObservedDeployment | None) -> int:
-    """Replicas the stable version must have Ready: its Deployment's count, and at least minReplicas when autoscaled."""
-    floor = (spec.scaling.min_replicas or 1) if spec.scaling.autoscaled else 0
-    current = found.replicas if found else (children.replicas(spec) or 0)
-    return max(current, floor)
+def wanted_replicas(spec: ModelDeploymentSpec) -> int:
+    """Replicas the stable version must have Ready to be called Ready: the fixed count, or the HPA's minimum.
+
+    ``spec`` is the one that renders the stable version (its record while the spec names another).
+    """
+    fixed = children.replicas(spec)
+    return fixed if fixed is not None else (spec.scaling.min_replicas or 1)
+
+
+def version_spec(spec: ModelDeploymentSpec, version: str, observed: Observed) -> ModelDeploymentSpec | None:
+    """The spec that renders ``version``: the spec when it names it, else its record (None without one)."""
+    if version == spec.model.version:
+        return spec
+    record = observed.records.get(version)
+    return revisions.spec_from_record(spec, record) if record is not None else None
 
 
 def serving(found: ObservedDeployment | None) -> bool:
@@ -159,7 +191,8 @@ def desired_replicas(spec: ModelDeploymentSpec, state: RolloutState, version: st
     """The replica count the operator sets for ``version``'s Deployment, or None when it leaves it alone.
 
     - the canary under the replicas router: sized from the stable count and the weight;
-    - a version the spec describes, with fixed replicas: ``spec.scaling.replicas`` (default 1);
+    - with fixed replicas: ``scaling.replicas`` (default 1) of the spec that renders the version
+      (for the stable version while the spec names another: its record);
     - autoscaled: None (the HPA owns it), except at creation (``minReplicas``; see ``replica_writes``).
     """
     if version == state.canary and version != state.stable and spec.rollout.router.type == "replicas":
@@ -167,7 +200,8 @@ def desired_replicas(spec: ModelDeploymentSpec, state: RolloutState, version: st
         if state.rollout is not None and state.rollout.step >= len(spec.rollout.steps):
             return full_replicas(spec, stable)  # about to be promoted: full size first
         return routers.canary_replicas_for_weight(stable.replicas if stable else 1, state.weight)
-    return children.replicas(spec)
+    rendering = version_spec(spec, version, observed)
+    return children.replicas(rendering) if rendering is not None else None
 
 
 def full_replicas(spec: ModelDeploymentSpec, stable: ObservedDeployment | None) -> int:
@@ -187,35 +221,60 @@ def replica_writes(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState,
     """Replica applies under ``modelops-replicas``: only when the count differs from what is observed."""
     name = child_name(owner.name, version)
     found = observed.deployment_of(version)
+    rendering = version_spec(spec, version, observed)
+    if rendering is None:
+        return []  # a stable version without a record: left as it is (StableRecordMissing)
     count = desired_replicas(spec, state, version, observed)
     if count is None and found is None:
-        count = spec.scaling.min_replicas or 1  # a new autoscaled Deployment starts at minReplicas, not at 1
+        count = rendering.scaling.min_replicas or 1  # a new autoscaled Deployment starts at minReplicas, not at 1
     if count is None or (found is not None and found.replicas == count):
         return []
     return [Apply(_replicas_manifest(owner, name, count), children.REPLICAS_FIELD_MANAGER)]
 
 
+def _version_children(owner: Owner, spec: ModelDeploymentSpec, rendering: ModelDeploymentSpec, track: Track,
+                      observed: Observed) -> list[dict[str, Any]]:
+    """One version's Deployment, Service and (when wanted) HPA, rendered from ``rendering``."""
+    version = rendering.model.version
+    existing = observed.deployment_of(version)
+    release_track: Track = existing.release_track if existing and existing.release_track else track
+    manifests = [
+        children.deployment(owner, rendering, rendering.model, track, release_track),
+        children.version_service(owner, version, track),
+    ]
+    wants_autoscaler = track == "stable" or spec.rollout.router.type == "gatewayAPI"
+    autoscaler = children.autoscaler(owner, rendering, version, track) if wants_autoscaler else None
+    if autoscaler is not None:
+        manifests.append(autoscaler)
+    return manifests
+
+
+def record_writes(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, observed: Observed) -> list[dict[str, Any]]:
+    """The record of the spec's version, when it is released (stable or canary) and not recorded as it is now."""
+    if spec.model.version not in (state.stable, state.canary):
+        return []
+    record = revisions.record_of(spec)
+    if revisions.record_name(owner, record) in observed.revisions:
+        return []
+    return [revisions.revision_manifest(owner, record, revisions.next_number(observed.revisions))]
+
+
 def desired_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, observed: Observed) -> list[dict[str, Any]]:
-    """Every child the spec's version and the traffic split need, fully rendered."""
+    """Every child the spec's version, the stable version and the traffic split need, fully rendered."""
     target = spec.model.version
-    manifests: list[dict[str, Any]] = []
+    manifests: list[dict[str, Any]] = record_writes(owner, spec, state, observed)
     live_canary = state.canary if state.rollout is not None else None
     if target in (state.stable, state.canary):
-        track: Track = "stable" if target == state.stable else "canary"
-        existing = observed.deployment_of(target)
-        release_track: Track = existing.release_track if existing and existing.release_track else track
-        manifests += [
-            children.deployment(owner, spec, spec.model, track, release_track),
-            children.version_service(owner, target, track),
-        ]
-        wants_autoscaler = track == "stable" or spec.rollout.router.type == "gatewayAPI"
-        autoscaler = children.autoscaler(owner, spec, target, track) if wants_autoscaler else None
-        if autoscaler is not None:
-            manifests.append(autoscaler)
+        manifests += _version_children(owner, spec, spec, "stable" if target == state.stable else "canary", observed)
     if state.stable != target:
-        # The stable version's Service depends only on its version, so it is repaired even while
-        # the spec describes another version (its Deployment is not: the spec no longer holds it).
-        manifests.append(children.version_service(owner, state.stable, "stable"))
+        # The stable version is rendered from its record, whatever the spec names now: edits are
+        # reverted and a deleted child is recreated. Without a record only its Service (which
+        # depends on nothing but the version) is repaired.
+        stable_spec = version_spec(spec, state.stable, observed)
+        if stable_spec is not None:
+            manifests += _version_children(owner, spec, stable_spec, "stable", observed)
+        else:
+            manifests.append(children.version_service(owner, state.stable, "stable"))
     manifests.append(routers.entry_service(owner, spec, state.stable, live_canary, state.weight))
     route = routers.http_route(owner, spec, state.stable, live_canary, state.weight)
     if route is not None:
@@ -226,13 +285,34 @@ def desired_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutStat
 def stale_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, observed: Observed) -> list[tuple[str, str]]:
     """(kind, name) of children no longer wanted: other versions, unwanted HPAs, an HTTPRoute of a former router."""
     keep = {state.stable} | ({state.canary} if state.canary else set()) | ({state.previous.version} if state.previous else set())
-    stale = {key for key, version in observed.versions_by_child.items() if version not in keep}
+    stale = {key for key, version in observed.versions_by_child.items() if version not in keep and key[0] != revisions.KIND}
+    stale |= {(revisions.KIND, name) for name in stale_records(owner, spec, keep, observed)}
     target_name = child_name(owner.name, spec.model.version)
     canary_without_hpa = state.canary == spec.model.version != state.stable and spec.rollout.router.type == "replicas"
     if target_name in observed.autoscalers and (not spec.scaling.autoscaled or canary_without_hpa):
         stale.add(("HorizontalPodAutoscaler", target_name))
     if spec.rollout.router.type != "gatewayAPI" and owner.name in observed.routes:
         stale.add(("HTTPRoute", owner.name))
+    return sorted(stale)
+
+
+def stale_records(owner: Owner, spec: ModelDeploymentSpec, keep: set[str], observed: Observed) -> list[str]:
+    """Records of versions no longer kept, and older records of kept ones.
+
+    The current record of the spec's version is the one matching the spec; older records of it
+    go only once that one exists. Other kept versions keep their newest readable record.
+    """
+    current = revisions.record_name(owner, revisions.record_of(spec))
+    newest = {version: revisions.record_name(owner, record) for version, record in observed.records.items()}
+    stale = []
+    for name, found in observed.revisions.items():
+        if found.version not in keep:
+            stale.append(name)
+        elif found.version == spec.model.version:
+            if current in observed.revisions and name != current:
+                stale.append(name)
+        elif found.version in newest and name != newest[found.version]:
+            stale.append(name)
     return sorted(stale)
 
 
@@ -274,14 +354,17 @@ def compute_status(
     changing: frozenset[str] = frozenset(),
     monitoring: MonitoringOutcome | None = None,
     retraining: RetrainingStatus | None = None,
+    traffic_error: str = "",
 ) -> ModelDeploymentStatus:
     """The status this pass should leave: equal to ``previous`` when nothing changed.
 
     ``changing`` names the Deployments this pass writes: what was observed of them is about to
-    be outdated, so they do not count as ready in this status.
+    be outdated, so they do not count as ready in this status. ``traffic_error``: a traffic write
+    of this pass failed (``state`` is then the previous, still applied, one).
     """
     stable_found = observed.deployment_of(state.stable)
-    stable_wanted = wanted_replicas(spec, stable_found) if state.stable == spec.model.version else (stable_found.replicas if stable_found else 0)
+    stable_spec = version_spec(spec, state.stable, observed)
+    stable_wanted = wanted_replicas(stable_spec) if stable_spec is not None else (stable_found.replicas if stable_found else 1)
     canary: VersionStatus | None = None
     if state.canary is not None:
         canary_found = observed.deployment_of(state.canary)
@@ -293,13 +376,18 @@ def compute_status(
         )
         canary = _version_status(owner, state.canary, observed, canary_found.replicas if canary_found else 0, weight)
     stable = _version_status(owner, state.stable, observed, stable_wanted, 100 - (canary.weight or 0 if canary else 0))
-    stable_ready = serving(stable_found) and stable.ready_replicas >= stable_wanted and stable.deployment not in changing
+    stable_ready = serves(stable_found, stable_wanted) and stable.deployment not in changing
     readiness = f"{stable.ready_replicas}/{stable.replicas} replicas of {stable.deployment} ready"
+    traffic = _traffic_condition(owner, spec, observed, traffic_error)
 
     blocked_target = state.blocked is not None and state.blocked.version == spec.model.version != state.stable
     degraded_reason, degraded_message = "AsExpected", "no problems"
-    if errors:
+    if traffic is not None and traffic[1] == "TrafficSplitUnavailable":
+        degraded_reason, degraded_message = traffic[1], "; ".join([traffic[2], *errors])[:1024]
+    elif errors:
         degraded_reason, degraded_message = "ApplyFailed", "; ".join(errors)[:1024]
+    elif state.hold is not None and state.hold.degraded:
+        degraded_reason, degraded_message = state.hold.reason, state.hold.message
     elif blocked_target:
         assert state.blocked is not None
         degraded_reason, degraded_message = "RolledBack", f"{state.blocked.version} was rolled back: {state.blocked.reason}"
@@ -326,6 +414,8 @@ def compute_status(
     ]
     if monitoring is not None and monitoring.status is not None:
         conditions.append(_condition(previous.conditions, "Monitoring", *_monitoring_condition(monitoring), generation, now))
+    if traffic is not None:
+        conditions.append(_condition(previous.conditions, "TrafficSplit", *traffic, generation, now))
     phase: Phase
     if degraded:
         phase, message = "Degraded", degraded_message
@@ -354,6 +444,34 @@ def compute_status(
         monitoring=monitoring.status if monitoring is not None else previous.monitoring,
         retraining=retraining if retraining is not None else previous.retraining,
     )
+
+
+def serves(found: ObservedDeployment | None, wanted: int) -> bool:
+    """At least ``wanted`` replicas Ready, every pod on the current template, the controller caught up.
+
+    An HPA scaling up above ``wanted`` does not make the version unready; a rolling update, a
+    scale below ``wanted`` (even to 0) or a Deployment that is gone does.
+    """
+    return (
+        found is not None
+        and found.observed_generation >= found.generation
+        and found.updated_replicas >= found.total_replicas
+        and found.ready_replicas >= wanted
+    )
+
+
+def _traffic_condition(owner: Owner, spec: ModelDeploymentSpec, observed: Observed, error: str) -> tuple[str, str, str] | None:
+    """TrafficSplit (gatewayAPI router only): True when every parent Gateway accepted the route,
+    Unknown while none has reported on its current generation, False when one refused it or a
+    write of the split failed."""
+    if spec.rollout.router.type != "gatewayAPI":
+        return None
+    if error:
+        return "False", "TrafficSplitUnavailable", error
+    acceptance = routers.route_acceptance(observed.routes.get(owner.name))
+    status = {"Accepted": "True", "Unconfirmed": "Unknown", "Refused": "False"}[acceptance.state]
+    reason = "TrafficSplitUnavailable" if acceptance.state == "Refused" else acceptance.state
+    return status, reason, acceptance.message
 
 
 def _monitoring_condition(outcome: MonitoringOutcome) -> tuple[str, str, str]:
@@ -398,8 +516,17 @@ def plan(
     evaluations: Mapping[str, Evaluation] | None = None,
     monitoring_evaluations: Mapping[str, Evaluation] | None = None,
     requested_actions: Mapping[str, str] | None = None,
+    action_order: Sequence[str] = (),
 ) -> Plan:
-    """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state."""
+    """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state.
+
+    A status that lost its stable version while other versions were released is not a first
+    release: the plan writes nothing and says so (``StatusUnreadable``), see ``lost_stable``.
+    """
+    lost = lost_stable(spec, status, observed)
+    if lost:
+        return Plan(apply=[], delete=[], status=unreadable_status(status, lost, generation, now), events=[],
+                    state=previous_state(status), unreadable=True)
     requested = dict(requested_actions or {})
     monitored = advance_monitoring(spec, status, monitoring_evaluations, now)
     fired = triggers(monitored, spec)
@@ -438,6 +565,8 @@ def plan(
         now=now,
         evaluations=evaluations,
         requested_actions=requested,
+        action_order=action_order,
+        hold=outside_hold(owner, spec, working.stable.version if working.stable else "", observed),
     )
     to_apply: list[Apply] = []
     if retraining.create is not None and retraining.create["metadata"]["name"] not in observed.jobs:
@@ -446,9 +575,8 @@ def plan(
         found = observed.get(manifest["kind"], manifest["metadata"]["name"])
         if not is_applied(manifest, found) or drops_owned_fields(manifest, found, children.FIELD_MANAGER):
             to_apply.append(Apply(manifest))
-    for version in {state.stable, state.canary} - {None}:
-        if version == spec.model.version or version == state.canary:
-            to_apply += replica_writes(owner, spec, state, version, observed)  # type: ignore[arg-type]
+    for version in sorted({state.stable, state.canary} - {None}):  # type: ignore[type-var]
+        to_apply += replica_writes(owner, spec, state, version, observed)
     changing = frozenset(w.manifest["metadata"]["name"] for w in to_apply if w.manifest["kind"] == "Deployment")
     new_status = compute_status(
         owner, spec, status, state, observed, generation, now, changing=changing,
@@ -463,4 +591,75 @@ def plan(
         changing=changing,
         monitoring=monitored,
         completed_run=retraining.completed,
+    )
+
+
+def outside_hold(owner: Owner, spec: ModelDeploymentSpec, stable: str, observed: Observed) -> Hold | None:
+    """Why a canary of the spec's version must not move forward now, for reasons outside it."""
+    if not stable or stable == spec.model.version:
+        return None
+    stable_spec = version_spec(spec, stable, observed)
+    if stable_spec is None:
+        return Hold("StableRecordMissing", f"stable {stable} has no revision record (released by an older operator?): "
+                    "its children are left as they are and the canary holds; set model.version back to "
+                    f"{stable} to record it from the spec")
+    found = observed.deployment_of(stable)
+    wanted = wanted_replicas(stable_spec)
+    if not serves(found, wanted):
+        ready = found.ready_replicas if found else 0
+        return Hold("StableNotServing", f"stable {stable} is not serving ({ready}/{wanted} replicas ready)", degraded=False)
+    if spec.rollout.router.type == "gatewayAPI":
+        acceptance = routers.route_acceptance(observed.routes.get(owner.name))
+        if acceptance.state == "Refused":
+            return Hold("TrafficSplitUnavailable", acceptance.message)
+    return None
+
+
+def lost_stable(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observed: Observed) -> str:
+    """Why status cannot be trusted to name the stable version ("" when it can).
+
+    Status without a stable version is a first release only when nothing but the spec's own
+    version was ever released here; otherwise releasing the spec's version (perhaps a blocked
+    one) would replace the real stable version and delete its children.
+    """
+    if status.stable is not None:
+        return ""
+    others = sorted(observed.released_versions() - {spec.model.version, ""})
+    if not others:
+        return ""
+    return (f"status.stable is missing, but versions {', '.join(others[:5])} have children or records: "
+            "writing nothing until status.stable is restored")
+
+
+def unreadable_status(previous: ModelDeploymentStatus, problem: str, generation: int, now: str) -> ModelDeploymentStatus:
+    """The status of a pass that holds because it cannot trust status: Degraded StatusUnreadable, Ready
+    and Progressing Unknown (it cannot know), every other field left as it was."""
+    conditions = [
+        _condition(previous.conditions, "Ready", "Unknown", "StatusUnreadable", "unknown while status cannot be read", generation, now),
+        _condition(previous.conditions, "Progressing", "Unknown", "StatusUnreadable", "holding: nothing is written", generation, now),
+        _condition(previous.conditions, "Degraded", "True", "StatusUnreadable", problem, generation, now),
+    ]
+    others = [c for c in previous.conditions if c.type not in ("Ready", "Progressing", "Degraded")]
+    return previous.model_copy(update={"phase": "Degraded", "message": problem[:1024], "conditions": [*conditions, *others]})
+
+
+def partial_status_document(status: ModelDeploymentStatus) -> dict[str, Any]:
+    """Only phase, message and conditions, as a merge patch: the fields that could not be read stay as they are."""
+    document = status.model_dump(mode="json", by_alias=True, include={"phase", "message", "conditions"})
+    return document
+
+
+def previous_state(status: ModelDeploymentStatus) -> RolloutState:
+    """The rollout state status shows: what was last applied (used when this pass's traffic write failed)."""
+    rollout = status.rollout
+    canary = status.canary.version if status.canary else None
+    return RolloutState(
+        stable=status.stable.version if status.stable else "",
+        canary=canary,
+        weight=rollout.weight if rollout is not None and rollout.revision == canary else 0,
+        rollout=rollout,
+        blocked=status.blocked_revision,
+        previous=status.previous,
+        history=tuple(status.history),
+        handled=status.handled_actions,
     )

@@ -7,21 +7,29 @@ operator restart resumes at the same step with the same counters.
 
 A revision's life (``target`` is ``spec.model.version``, ``stable`` is ``status.stable``):
 
-1. **First version**: stable directly (history: Promoted).
+1. **First version**: stable directly (history: Promoted). Only when status names no stable
+   version at all: a stable version whose Deployment is gone is recreated from its record
+   (``revisions``), never replaced by the spec's version. A version becomes stable only by
+   this first release, a completed analysis, a manual ``promote``, ``skipAnalysis``, or a
+   monitoring rollback to the previous stable.
 2. **New target**: a canary starts at step 0, weight 0. A previous canary of another
    revision is superseded (history: Superseded) and removed.
 3. **Steps**: ``setWeight`` sets the weight; ``pause`` waits for its duration (or, without
    one, for ``promote``/``resume``). A step completes only when its pause has elapsed
    **and** every check has passed at least once since the step began. Then the next step
    starts. After the last step the canary is promoted. No checks, or ``skipAnalysis``:
-   checks count as passed. Nothing advances until the canary's pods are all Ready.
+   checks count as passed. Nothing advances until the canary's pods are all Ready, nor while
+   the pass reports a ``hold`` it cannot fix by itself (the stable version not serving or
+   without a record, traffic that cannot be split as planned).
 4. **Analysis** (when this tick ran the checks): Pass marks the check passed in the step.
    Fail adds to ``failures``; ``failures > failureLimit`` rolls back. NoData holds. Error
    holds and counts ``consecutiveErrors``; at ``consecutiveErrorLimit`` the rollout reports
    MetricsUnavailable. A tick without errors resets that count.
 5. **Progress deadline**: no step completed for ``progressDeadline`` rolls back, naming
    what it was waiting for. A pause (spec, ``modelops pause``, or a step without
-   duration waiting for a human) stops the clock.
+   duration waiting for a human) and a ``hold`` stop the clock: ``heldSince`` is written once
+   when the clock stops, and when it restarts ``lastProgressAt`` moves forward by the time
+   held, so a held canary costs no status write per pass.
 6. **Promotion**: the canary becomes stable at 100 %; the previous stable keeps running
    until ``scaleDownDelay`` has passed (``status.previous``), then is removed.
 7. **Rollback**: all traffic to stable at once; ``status.blockedRevision`` records the
@@ -29,12 +37,14 @@ A revision's life (``target`` is ``spec.model.version``, ``stable`` is ``status.
    The revision is never retried until the spec names another version or ``retry`` is
    requested.
 
-Manual actions arrive as annotation timestamps (``modelops.dev/action.<name>``); an action
-is carried out once, and its timestamp is recorded in ``status.handledActions``.
+Manual actions arrive as annotations (``modelops.dev/action.<name>``); an action is carried
+out once, and its value is recorded in ``status.handledActions``. When ``pause`` and
+``resume`` are both new, the one the apiserver received last wins (``action_order``); without
+an order, ``pause`` wins, the safe choice.
 """
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from modelops.api.v1alpha1 import (
@@ -64,6 +74,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Why a live canary must not move forward, for a reason outside it (see ``advance``)."""
+
+    reason: str  # CamelCase, for conditions: StableRecordMissing, StableNotServing, TrafficSplitUnavailable
+    message: str
+    degraded: bool = True  # whether it also sets Degraded (a stable pod restarting does not)
+
+
+@dataclass(frozen=True)
 class RolloutState:
     """The outcome of one step of the state machine."""
 
@@ -79,6 +98,7 @@ class RolloutState:
     first_release: bool = False
     hold_reason: str = ""  # why a live canary is not advancing ("" when it is, or there is none)
     metrics_unavailable: bool = False
+    hold: Hold | None = None  # the outside reason given to advance, while it held a live canary
 
 
 def parse_time(text: str) -> datetime.datetime:
@@ -95,6 +115,24 @@ def _after(start: str, seconds: float) -> str:
 
 def _elapsed(start: str, now: str) -> float:
     return (parse_time(now) - parse_time(start)).total_seconds()
+
+
+def _stopped_clock(rollout: RolloutStatus, now: str) -> RolloutStatus:
+    """The progress-deadline clock stopped at ``now`` (unchanged when already stopped: no write per pass)."""
+    return rollout if rollout.held_since is not None else rollout.model_copy(update={"held_since": now})
+
+
+def _running_clock(rollout: RolloutStatus, now: str) -> RolloutStatus:
+    """The clock running again: ``lastProgressAt`` moves forward by the time it was stopped."""
+    if rollout.held_since is None:
+        return rollout
+    held = max(0.0, _elapsed(rollout.held_since, now))
+    return rollout.model_copy(update={"held_since": None, "last_progress_at": _after(rollout.last_progress_at, held)})
+
+
+def _progressed(rollout: RolloutStatus, now: str, **changes: object) -> RolloutStatus:
+    """The rollout moved forward at ``now``: the deadline counts from here, and the clock runs."""
+    return rollout.model_copy(update={"last_progress_at": now, "held_since": None, **changes})
 
 
 @dataclass
@@ -261,31 +299,42 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
             if step.pause.duration is None:
                 waiting = f"paused at step {rollout.step} until `modelops promote` or `modelops resume`"
                 # A manual gate is a pause: the progress deadline does not run while a human decides.
-                run.rollout = rollout = rollout.model_copy(update={"last_progress_at": run.now})
+                run.rollout = rollout = _stopped_clock(rollout, run.now)
             elif _elapsed(rollout.step_started_at, run.now) < duration_seconds(step.pause.duration):
                 waiting = f"pausing {step.pause.duration} at step {rollout.step}"
         if waiting:
             run.hold_reason = waiting
             return
-        run.rollout = rollout.model_copy(
-            update={
-                "step": rollout.step + 1,
-                "step_started_at": run.now,
-                "last_progress_at": run.now,
-                "checks": [check.model_copy(update={"passed_in_step": False}) for check in rollout.checks],
-            }
+        run.rollout = _progressed(
+            rollout, run.now,
+            step=rollout.step + 1,
+            step_started_at=run.now,
+            checks=[check.model_copy(update={"passed_in_step": False}) for check in rollout.checks],
         )
         run.events.append(Event("Normal", "StepCompleted", f"{rollout.revision}: step {rollout.step} completed at weight {run.rollout.weight}%"))
 
 
-def _handle_pause_actions(run: _Run, actions: Mapping[str, str]) -> None:
+def paused_after(actions: Mapping[str, str], order: Sequence[str]) -> bool:
+    """Whether new ``pause``/``resume`` actions leave the rollout paused: the later one in ``order``
+    (the order the apiserver received them) wins; without a usable order, pause wins.
+
+    >>> paused_after({"pause": "a"}, []), paused_after({"resume": "a"}, [])
+    (True, False)
+    >>> paused_after({"pause": "a", "resume": "b"}, ["pause", "resume"]), paused_after({"pause": "a", "resume": "b"}, [])
+    (False, True)
+    """
+    if "pause" not in actions or "resume" not in actions:
+        return "pause" in actions
+    known = [name for name in order if name in ("pause", "resume")]
+    return len(known) != 2 or known[-1] == "pause"
+
+
+def _handle_pause_actions(run: _Run, actions: Mapping[str, str], order: Sequence[str]) -> None:
     assert run.rollout is not None
     if "pause" in actions or "resume" in actions:
-        paused = actions.get("pause", "") > actions.get("resume", "")
+        paused = paused_after(actions, order)
         run.rollout = run.rollout.model_copy(update={"paused_by_user": paused})
         run.events.append(Event("Normal", "Paused" if paused else "Resumed", f"{run.rollout.revision} {'paused' if paused else 'resumed'} by a user"))
-        if not paused:
-            run.rollout = run.rollout.model_copy(update={"last_progress_at": run.now})
 
 
 def _resume_indefinite_pause(run: _Run, actions: Mapping[str, str]) -> None:
@@ -296,9 +345,7 @@ def _resume_indefinite_pause(run: _Run, actions: Mapping[str, str]) -> None:
     if "resume" in actions and rollout.step < len(steps):
         step = steps[rollout.step]
         if step.pause is not None and step.pause.duration is None:
-            run.rollout = rollout.model_copy(
-                update={"step": rollout.step + 1, "step_started_at": run.now, "last_progress_at": run.now}
-            )
+            run.rollout = _progressed(rollout, run.now, step=rollout.step + 1, step_started_at=run.now)
 
 
 def advance(
@@ -311,10 +358,16 @@ def advance(
     full_size: Mapping[str, bool] | None = None,
     evaluations: Mapping[str, Evaluation] | None = None,
     requested_actions: Mapping[str, str] | None = None,
+    action_order: Sequence[str] = (),
+    hold: Hold | None = None,
 ) -> RolloutState:
     """One step of the state machine. ``serving[version]``: every replica its Deployment asks for is Ready;
     ``full_size[version]``: and it asks for the full production count (default: same as serving);
-    ``deployments[version]``: the versioned Deployment's name (for every version that has one)."""
+    ``deployments[version]``: the versioned Deployment's name (for every version that has one);
+    ``action_order``: action names in the order the apiserver received them;
+    ``hold``: why the canary must not move forward whatever its checks say (the stable version not
+    serving, traffic that cannot be split): steps neither complete nor promote, the deadline clock
+    stops, but a failing check still rolls back and manual actions still apply."""
     target = spec.model.version
     actions = _new_actions(requested_actions or {}, status.handled_actions)
     run = _Run(
@@ -333,13 +386,11 @@ def advance(
         run.events.append(Event("Normal", "Retry", f"retrying {target} after: {run.blocked.reason}"))
         run.blocked = None
 
-    if not run.stable or (run.stable != target and run.stable not in deployments):
-        first = not run.stable
-        run.record(target, "Promoted", "first version: stable directly" if first else "the stable Deployment is gone")
-        run.events.append(Event("Normal", "Released", f"{target} is the first version: stable directly" if first
-                                else f"{target} is stable directly: the Deployment of stable {run.stable} is gone"))
+    if not run.stable:
+        run.record(target, "Promoted", "first version: stable directly")
+        run.events.append(Event("Normal", "Released", f"{target} is the first version: stable directly"))
         run.stable, run.rollout = target, None
-        return _state(run, canary=None, first_release=first)
+        return _state(run, canary=None, first_release=True)
 
     if target == run.stable:
         if run.rollout is not None:
@@ -357,7 +408,7 @@ def advance(
 
     if run.rollout is None or run.rollout.revision != target:
         _start(run, target)
-    _handle_pause_actions(run, actions)
+    _handle_pause_actions(run, actions, action_order)
     stable_deployment = deployments.get(run.stable, "")
     if "abort" in actions:
         run.roll_back("aborted by a user", outcome="Aborted")
@@ -375,18 +426,19 @@ def advance(
         if run.rollout is None:
             return _state(run, canary=_cooling_canary(run))
     assert run.rollout is not None
-    if paused:
-        run.hold_reason = "paused by a user" if run.rollout.paused_by_user else "spec.rollout.paused is true"
-        # A pause stops the progress-deadline clock.
-        run.rollout = run.rollout.model_copy(update={"last_progress_at": now})
-        return _state(run, canary=target)
+    if paused or hold is not None:
+        run.hold_reason = hold.message if hold is not None else ("paused by a user" if run.rollout.paused_by_user else "spec.rollout.paused is true")
+        # A pause, or a hold that is not the canary's doing, stops the progress-deadline clock.
+        run.rollout = _stopped_clock(run.rollout, now)
+        return _state(run, canary=target, hold=hold)
+    run.rollout = _running_clock(run.rollout, now)
     if canary_ready:
         _advance_steps(run, stable_deployment, (full_size or serving).get(target, False))
         if run.rollout is None:
             return _state(run, canary=None)
     else:
         run.hold_reason = f"waiting for every replica of {target} to be Ready"
-    if run.rollout is not None and _elapsed(run.rollout.last_progress_at, now) > duration_seconds(spec.rollout.progress_deadline):
+    if run.rollout is not None and run.rollout.held_since is None and _elapsed(run.rollout.last_progress_at, now) > duration_seconds(spec.rollout.progress_deadline):
         run.roll_back(f"no progress for {spec.rollout.progress_deadline}: {run.hold_reason or 'stalled'}")
         return _state(run, canary=_cooling_canary(run))
     return _state(run, canary=target)
@@ -400,7 +452,7 @@ def _cooling_canary(run: _Run) -> str | None:
     return run.blocked.version if _elapsed(run.blocked.at, run.now) < delay else None
 
 
-def _state(run: _Run, *, canary: str | None, first_release: bool = False) -> RolloutState:
+def _state(run: _Run, *, canary: str | None, first_release: bool = False, hold: Hold | None = None) -> RolloutState:
     rollout = run.rollout
     errors_limit = run.spec.rollout.analysis.consecutive_error_limit
     metrics_unavailable = rollout is not None and rollout.consecutive_errors >= errors_limit
@@ -419,6 +471,7 @@ def _state(run: _Run, *, canary: str | None, first_release: bool = False) -> Rol
         first_release=first_release,
         hold_reason=run.hold_reason.strip().rstrip(";"),
         metrics_unavailable=metrics_unavailable,
+        hold=hold,
     )
 
 

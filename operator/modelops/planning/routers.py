@@ -17,7 +17,9 @@ it renders; reading the weight back is the same render compared with what is obs
 """
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from modelops.api.v1alpha1 import ModelDeploymentSpec
 from modelops.planning import children
@@ -98,3 +100,49 @@ def route_weights(route: dict[str, Any] | None) -> dict[str, int]:
         return {}
     rules = route.get("spec", {}).get("rules") or []
     return {ref["name"]: int(ref.get("weight", 1)) for rule in rules for ref in rule.get("backendRefs") or []}
+
+
+@dataclass(frozen=True)
+class RouteAcceptance:
+    """What the parent Gateways said of the owned HTTPRoute (from its ``status.parents``)."""
+
+    state: Literal["Accepted", "Unconfirmed", "Refused"]
+    message: str
+
+
+MAX_PARENTS_READ = 16  # a route's status lists at most 32 parents; the first 16 are plenty to judge
+
+
+def route_acceptance(route: Mapping[str, Any] | None) -> RouteAcceptance:
+    """Refused when any parent reports ``Accepted=False`` or ``ResolvedRefs=False`` (whatever the
+    generation: fail closed); Accepted when every parent reports ``Accepted=True`` for the
+    route's current generation; otherwise Unconfirmed (no Gateway controller has reported yet).
+
+    >>> route_acceptance(None).state
+    'Unconfirmed'
+    >>> refused = {"metadata": {"name": "m", "generation": 2}, "status": {"parents": [{"parentRef": {"name": "gw"},
+    ...     "conditions": [{"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "no m-2"}]}]}}
+    >>> route_acceptance(refused).message
+    'HTTPRoute m: Gateway gw reports ResolvedRefs=False (BackendNotFound: no m-2)'
+    """
+    if not route:
+        return RouteAcceptance("Unconfirmed", "the HTTPRoute does not exist yet")
+    metadata = route.get("metadata") or {}
+    name, generation = metadata.get("name", ""), int(metadata.get("generation") or 0)
+    parents = ((route.get("status") or {}).get("parents") or [])[:MAX_PARENTS_READ]
+    refusals, accepted = [], 0
+    for parent in parents:
+        gateway = str((parent.get("parentRef") or {}).get("name", "?"))[:253]
+        for condition in parent.get("conditions") or []:
+            if condition.get("type") in ("Accepted", "ResolvedRefs") and condition.get("status") == "False":
+                detail = f"{condition.get('reason', '')}: {str(condition.get('message', ''))[:256]}".strip(": ")
+                refusals.append(f"Gateway {gateway} reports {condition['type']}=False ({detail})")
+        accepted += any(
+            c.get("type") == "Accepted" and c.get("status") == "True" and int(c.get("observedGeneration") or generation) >= generation
+            for c in parent.get("conditions") or []
+        )
+    if refusals:
+        return RouteAcceptance("Refused", f"HTTPRoute {name}: " + "; ".join(refusals))
+    if parents and accepted == len(parents):
+        return RouteAcceptance("Accepted", f"HTTPRoute {name} (generation {generation}) accepted by every parent Gateway")
+    return RouteAcceptance("Unconfirmed", f"no Gateway has reported on HTTPRoute {name} (generation {generation}) yet")

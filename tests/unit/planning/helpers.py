@@ -5,6 +5,7 @@ from typing import Any
 
 from modelops.api.v1alpha1 import ModelDeploymentSpec
 from modelops.planning import reconcile as planning
+from modelops.planning import revisions
 from modelops.planning.children import LABEL_MODEL_VERSION, Owner
 
 OWNER = Owner(name="fraud-detector", namespace="ml", uid="uid-1")
@@ -76,6 +77,7 @@ class World:
             services={name: item for (kind, name), item in self.objects.items() if kind == "Service"},
             autoscalers={name: item for (kind, name), item in self.objects.items() if kind == "HorizontalPodAutoscaler"},
             routes={name: item for (kind, name), item in self.objects.items() if kind == "HTTPRoute"},
+            revisions={name: revisions.observe_revision(item) for (kind, name), item in self.objects.items() if kind == revisions.KIND},
             versions_by_child={
                 key: item["metadata"]["labels"][LABEL_MODEL_VERSION]
                 for key, item in self.objects.items()

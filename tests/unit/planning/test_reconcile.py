@@ -2,7 +2,12 @@
 
 from modelops.api.v1alpha1 import ModelDeploymentStatus
 from modelops.planning import reconcile as planning
+from modelops.planning import revisions
 from tests.unit.planning.helpers import LATER, NOW, OWNER, World, spec
+
+
+def record_name(version: str, uri: str) -> str:
+    return revisions.record_name(OWNER, revisions.record_of(spec(model={"version": version, "uri": uri})))
 
 
 def name_of(write: planning.Apply) -> str:
@@ -20,6 +25,7 @@ def test_first_pass_creates_the_children_and_makes_the_first_version_stable() ->
     world = World()
     plan = run(world, spec(), ModelDeploymentStatus())
     assert sorted((name_of(write), write.field_manager) for write in plan.apply) == [
+        ("ControllerRevision fraud-detector-2-1-0-" + revisions.record_hash(revisions.record_of(spec())), "modelops"),
         ("Deployment fraud-detector-2-1-0", "modelops"),
         ("Deployment fraud-detector-2-1-0", "modelops-replicas"),
         ("Service fraud-detector", "modelops"),
@@ -107,6 +113,7 @@ def test_new_version_without_steps_starts_at_full_size_beside_stable_then_replac
 
     rolling = run(world, new, status, now=LATER, generation=2)
     assert sorted((name_of(w), w.field_manager) for w in rolling.apply) == [
+        ("ControllerRevision " + record_name("2.2.0", "s3://models/fraud/2.2.0/"), "modelops"),
         ("Deployment fraud-detector-2-2-0", "modelops"),
         ("Deployment fraud-detector-2-2-0", "modelops-replicas"),
         ("Service fraud-detector-2-2-0", "modelops"),
@@ -151,7 +158,11 @@ def test_a_superseded_version_is_deleted() -> None:
     status = run(world, spec(), status).status
     status = run(world, spec(model={"version": "2.2.0", "uri": "s3://m/2.2.0/"}), status).status
     plan = run(world, spec(model={"version": "2.3.0", "uri": "s3://m/2.3.0/"}), status)
-    assert sorted(plan.delete) == [("Deployment", "fraud-detector-2-2-0"), ("Service", "fraud-detector-2-2-0")]
+    assert sorted(plan.delete) == [
+        ("ControllerRevision", record_name("2.2.0", "s3://m/2.2.0/")),
+        ("Deployment", "fraud-detector-2-2-0"),
+        ("Service", "fraud-detector-2-2-0"),
+    ]
     assert plan.status.canary is not None and plan.status.canary.version == "2.3.0"
     assert [(h.version, h.outcome) for h in plan.status.history][-1] == ("2.2.0", "Superseded")
 
