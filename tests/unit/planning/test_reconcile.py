@@ -147,7 +147,11 @@ def test_new_version_without_steps_starts_at_full_size_beside_stable_then_replac
     assert [h.version for h in promoted.status.history] == ["2.1.0", "2.2.0"]
 
     later = run(world, new, promoted.status, now="2026-11-26T12:06:00Z", generation=2)
-    assert sorted(later.delete) == [("Deployment", "fraud-detector-2-1-0"), ("Service", "fraud-detector-2-1-0")]
+    assert sorted(later.delete) == [
+        ("ControllerRevision", revisions.record_name(OWNER, revisions.record_of(spec()))),
+        ("Deployment", "fraud-detector-2-1-0"),
+        ("Service", "fraud-detector-2-1-0"),
+    ]
     assert later.status.previous is None
 
 
