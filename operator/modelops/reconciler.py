@@ -297,7 +297,8 @@ def _apply_writes(cluster: ClusterApi, owner: Owner, plan: planning.Plan, observ
             outcome.errors.append(f"{write.label}: {error.message}")
             if write.traffic:
                 traffic_errors.append(f"{write.label}: {error.message}")
-            elif key[0] == "Service":
+            if key[0] == "Service":
+                # The entry Service too: a route moved without it would split traffic in a way status never shows.
                 failed_services.append(write.label)
     return "; ".join(traffic_errors)[:1024]
 
