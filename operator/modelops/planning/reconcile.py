@@ -342,6 +342,14 @@ def _version_status(owner: Owner, version: str, observed: Observed, wanted: int,
     )
 
 
+def last_known_wanted(previous: ModelDeploymentStatus, version: str, found: ObservedDeployment | None) -> int:
+    """The wanted replica count of a stable version without a record: what status last showed for it
+    (at least 1), never what its Deployment asks for now, so a scale to 0 by hand is not Ready."""
+    if previous.stable is not None and previous.stable.version == version and previous.stable.replicas:
+        return max(1, previous.stable.replicas)
+    return max(1, found.replicas if found else 1)
+
+
 def compute_status(
     owner: Owner,
     spec: ModelDeploymentSpec,
@@ -364,7 +372,7 @@ def compute_status(
     """
     stable_found = observed.deployment_of(state.stable)
     stable_spec = version_spec(spec, state.stable, observed)
-    stable_wanted = wanted_replicas(stable_spec) if stable_spec is not None else (stable_found.replicas if stable_found else 1)
+    stable_wanted = wanted_replicas(stable_spec) if stable_spec is not None else last_known_wanted(previous, state.stable, stable_found)
     canary: VersionStatus | None = None
     if state.canary is not None:
         canary_found = observed.deployment_of(state.canary)
