@@ -115,8 +115,10 @@ class Observed:
         return revisions.latest_records(self.revisions)
 
     def released_versions(self) -> set[str]:
-        """Versions with children or records: what a first release must not find besides its own."""
-        return {found.version for found in self.deployments.values()} | {found.version for found in self.revisions.values()}
+        """Versions with children (any kind: a Service outlives a deleted Deployment) or records: what a
+        first release must not find besides its own."""
+        return set(self.versions_by_child.values()) | {found.version for found in self.deployments.values()} | {
+            found.version for found in self.revisions.values()}
 
 
 @dataclass(frozen=True)
@@ -632,10 +634,14 @@ def lost_stable(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observ
     """
     if status.stable is not None:
         return ""
-    others = sorted(observed.released_versions() - {spec.model.version, ""})
+    blocked = status.blocked_revision
+    if blocked is not None and blocked.version == spec.model.version:
+        return f"status.stable is missing and the spec names the blocked {blocked.version}: writing nothing until status.stable is restored"
+    remembered = {entry.version for entry in status.history} | ({status.rollout.revision} if status.rollout else set())
+    others = sorted((observed.released_versions() | remembered) - {spec.model.version, ""})
     if not others:
         return ""
-    return (f"status.stable is missing, but versions {', '.join(others[:5])} have children or records: "
+    return (f"status.stable is missing, but versions {', '.join(others[:5])} have children, records or history: "
             "writing nothing until status.stable is restored")
 
 
