@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, RetrainingRun, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
+from modelops.planning.compare import drops_owned_fields, is_applied
 from modelops.planning import revisions
 from modelops import notify
 from modelops.planning.analysis import Evaluation
@@ -168,10 +169,11 @@ def _degraded_message(status: ModelDeploymentStatus) -> str | None:
 
 
 def _traffic_last(writes: list[planning.Apply]) -> list[planning.Apply]:
-    """Traffic is moved after everything it may point at exists: other children, then the entry
-    Service, then the HTTPRoute."""
+    """Traffic is moved after everything it may point at exists: other children, then the HTTPRoute
+    (the traffic write most likely to be refused: a missing CRD, another controller's field), then
+    the entry Service. A traffic write after one that failed is not made (see ``_apply_writes``)."""
     def rank(write: planning.Apply) -> int:
-        return 2 if write.manifest["kind"] == "HTTPRoute" else int(write.traffic)
+        return 0 if not write.traffic else (1 if write.manifest["kind"] == "HTTPRoute" else 2)
 
     return sorted(writes, key=rank)
 
@@ -245,9 +247,13 @@ def reconcile(
     )
     if plan.unreadable:
         return _hold_unreadable(cluster, owner, previous, plan.status, outcome)
-    traffic_error = _apply_writes(cluster, owner, plan, observed, outcome)
+    previous_split = {} if previous.stable is None else {
+        (m["kind"], m["metadata"]["name"]): m for m in planning.traffic_manifests(owner, spec, planning.previous_state(previous))}
+    traffic_error = _apply_writes(cluster, owner, plan, observed, outcome, previous_split)
     if not traffic_error:
         _delete_stale(cluster, owner, plan, outcome)
+    else:
+        _restore_split(cluster, plan, outcome, previous_split)
 
     status = plan.status
     if traffic_error and previous.stable is not None:
@@ -274,33 +280,70 @@ def reconcile(
     return outcome
 
 
-def _apply_writes(cluster: ClusterApi, owner: Owner, plan: planning.Plan, observed: planning.Observed, outcome: Outcome) -> str:
-    """Applies the plan's writes, traffic last; returns why traffic could not be split as planned ("" when it was)."""
+def _blocked_by(write: planning.Apply, failed_services: list[str], not_moved: list[str],
+                previous_split: Mapping[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The failed writes that keep ``write`` from moving traffic as planned (empty: nothing does)."""
+    if not write.traffic:
+        return []
+    if write.manifest["kind"] == "HTTPRoute":
+        return failed_services  # never route to a Service that is not ours or not as planned
+    key = (write.manifest["kind"], write.manifest["metadata"]["name"])
+    return not_moved if key in previous_split else []  # never move half a split (a first release has none)
+
+
+def _apply_writes(cluster: ClusterApi, owner: Owner, plan: planning.Plan, observed: planning.Observed, outcome: Outcome,
+                  previous_split: Mapping[tuple[str, str], dict[str, Any]]) -> str:
+    """Applies the plan's writes, traffic last; returns why traffic could not be split as planned ("" when it was).
+
+    Once a traffic write fails, the later ones keep the split status shows (``previous_split``, empty
+    at a first release): they are applied as that split only where the cluster differs from it (a
+    deleted entry Service), so half a split never moves and nothing flaps from pass to pass."""
     created: set[tuple[str, str]] = set()  # children this pass creates: checked once, not once per write
     failed_services: list[str] = []
     traffic_errors: list[str] = []
+    not_moved: list[str] = []
     for write in _traffic_last(plan.apply):
         key = (write.manifest["kind"], write.manifest["metadata"]["name"])
-        if write.traffic and failed_services:
-            # Never send traffic to a Service that is not ours or not as planned: the split stays as it was.
-            message = f"{write.label}: not updated, because {', '.join(failed_services)} could not be applied"
+        blockers = _blocked_by(write, failed_services, not_moved, previous_split)
+        if blockers:
+            message = f"{write.label}: not updated, because {', '.join(blockers)} could not be applied"
             outcome.errors.append(message)
             traffic_errors.append(message)
-            continue
+            not_moved.append(write.label)
+            kept = previous_split.get(key)
+            if kept is None or (is_applied(kept, observed.get(*key)) and not drops_owned_fields(kept, observed.get(*key), write.field_manager)):
+                continue
+            write = planning.Apply(kept, write.field_manager)
         try:
             if observed.get(*key) is None and key not in created:
                 _refuse_foreign(cluster, owner, write)
                 created.add(key)
             cluster.apply(write.manifest, write.field_manager)
-            outcome.applied.append(write.label)
+            outcome.applied.append(write.label if write.manifest is not previous_split.get(key) else f"{write.label} (previous split)")
         except ApiError as error:
             outcome.errors.append(f"{write.label}: {error.message}")
             if write.traffic:
                 traffic_errors.append(f"{write.label}: {error.message}")
-            if key[0] == "Service":
-                # The entry Service too: a route moved without it would split traffic in a way status never shows.
+                not_moved.append(write.label)
+            elif key[0] == "Service":
                 failed_services.append(write.label)
     return "; ".join(traffic_errors)[:1024]
+
+
+def _restore_split(cluster: ClusterApi, plan: planning.Plan, outcome: Outcome,
+                   previous_split: Mapping[tuple[str, str], dict[str, Any]]) -> None:
+    """A traffic write failed after another one of the same pass moved traffic (the HTTPRoute applied,
+    the entry Service refused): put the ones that moved back to the split status shows, so status and
+    the cluster agree on where traffic goes. The next pass tries the whole split again."""
+    for write in plan.apply:
+        key = (write.manifest["kind"], write.manifest["metadata"]["name"])
+        if not write.traffic or write.label not in outcome.applied or key not in previous_split:
+            continue
+        try:
+            cluster.apply(previous_split[key], write.field_manager)
+            outcome.applied.append(f"{write.label} (restored)")
+        except ApiError as error:
+            outcome.errors.append(f"{write.label}: restoring the previous split: {error.message}")
 
 
 def _delete_stale(cluster: ClusterApi, owner: Owner, plan: planning.Plan, outcome: Outcome) -> None:

@@ -265,7 +265,6 @@ def desired_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutStat
     """Every child the spec's version, the stable version and the traffic split need, fully rendered."""
     target = spec.model.version
     manifests: list[dict[str, Any]] = record_writes(owner, spec, state, observed)
-    live_canary = state.canary if state.rollout is not None else None
     if target in (state.stable, state.canary):
         manifests += _version_children(owner, spec, spec, "stable" if target == state.stable else "canary", observed)
     if state.stable != target:
@@ -277,11 +276,15 @@ def desired_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutStat
             manifests += _version_children(owner, spec, stable_spec, "stable", observed)
         else:
             manifests.append(children.version_service(owner, state.stable, "stable"))
-    manifests.append(routers.entry_service(owner, spec, state.stable, live_canary, state.weight))
+    return manifests + traffic_manifests(owner, spec, state)
+
+
+def traffic_manifests(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState) -> list[dict[str, Any]]:
+    """The objects that split traffic for ``state``: the entry Service, and the HTTPRoute (gatewayAPI)."""
+    live_canary = state.canary if state.rollout is not None else None
+    manifests = [routers.entry_service(owner, spec, state.stable, live_canary, state.weight)]
     route = routers.http_route(owner, spec, state.stable, live_canary, state.weight)
-    if route is not None:
-        manifests.append(route)
-    return manifests
+    return manifests + ([route] if route is not None else [])
 
 
 def stale_children(owner: Owner, spec: ModelDeploymentSpec, state: RolloutState, observed: Observed) -> list[tuple[str, str]]:
