@@ -47,11 +47,24 @@ class FakeCluster:
         self.objects.pop((kind, name), None)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the status, as the apiserver applies it (RFC 7386: null removes)."""
         self.calls.append("patch status")
-        self.body["status"] = copy.deepcopy(dict(status))
+        self.body["status"] = _merge_patch(self.body.get("status") or {}, copy.deepcopy(dict(status)))
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.calls.append(f"event {reason}")
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
 
 
 def body(**spec_overrides: Any) -> dict[str, Any]:
@@ -104,8 +117,10 @@ def test_a_spec_the_models_refuse_is_reported_without_touching_children() -> Non
 
 def test_status_patch_sends_nulls_for_cleared_fields() -> None:
     cluster = FakeCluster(body())
+    sent: list[Mapping[str, Any]] = []
+    cluster.patch_status = lambda namespace, name, status: sent.append(status)  # type: ignore[method-assign]
     reconcile(cluster, cluster.body, NOW)
-    assert "canary" in cluster.body["status"] and cluster.body["status"]["canary"] is None
+    assert "canary" in sent[0] and sent[0]["canary"] is None
 
 
 def test_an_existing_object_of_someone_else_is_never_taken_over() -> None:
@@ -142,3 +157,87 @@ def test_a_lasting_failure_is_new_once_and_a_different_one_is_new_again() -> Non
     del cluster.fail_apply["Service"]
     healed = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:01:30Z")  # type: ignore[arg-type]
     assert not healed.errors and not healed.new_failure
+
+
+def _serving(cluster: FakeCluster, version: str, replicas: int = 1) -> None:
+    """The Deployment of ``version`` has all its replicas Ready (as the Deployment controller would report)."""
+    deployment = cluster.objects[("Deployment", f"m-{version.replace('.', '-')}")]
+    generation = deployment.setdefault("metadata", {}).setdefault("generation", 1)
+    deployment["status"] = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas, "observedGeneration": generation}
+
+
+def _pass(cluster: FakeCluster, now: str = NOW) -> Any:
+    return reconcile(cluster, cluster.get_modeldeployment("ns", "m"), now)  # type: ignore[arg-type]
+
+
+def _canary(router: dict[str, Any] | None = None) -> FakeCluster:
+    rollout: dict[str, Any] = {"steps": [{"setWeight": 20}, {"pause": {"duration": "30s"}}, {"setWeight": 60}, {"pause": {}}]}
+    if router:
+        rollout["router"] = router
+    cluster = FakeCluster(body(rollout=rollout))
+    _pass(cluster)
+    _serving(cluster, "1.0")
+    _pass(cluster)
+    cluster.body["spec"]["model"] = {"version": "2.0", "uri": "s3://m/2.0/"}
+    _pass(cluster)
+    _serving(cluster, "2.0")
+    _pass(cluster, "2026-11-26T12:00:01Z")
+    assert cluster.body["status"]["rollout"]["step"] == 1
+    return cluster
+
+
+GATEWAY = {"type": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "public"}]}}
+
+
+def test_a_failed_route_write_holds_the_rollout_and_status_keeps_the_applied_weight() -> None:
+    cluster = _canary(GATEWAY)
+    before = copy.deepcopy(cluster.body["status"])
+    applied_route = copy.deepcopy(cluster.objects[("HTTPRoute", "m")])
+    cluster.fail_apply["HTTPRoute"] = ApiError(404, "the server could not find the requested resource")  # CRD gone
+    outcome = _pass(cluster, "2026-11-26T12:01:00Z")  # the 30 s pause is over: the plan moves to 60 %
+    status = cluster.body["status"]
+    assert status["rollout"]["step"] == before["rollout"]["step"] and status["rollout"]["weight"] == 20
+    assert status["canary"]["weight"] == 20 == applied_route["spec"]["rules"][0]["backendRefs"][1]["weight"]
+    assert outcome.events == []  # no StepCompleted for a step whose traffic never moved
+    traffic = next(c for c in status["conditions"] if c["type"] == "TrafficSplit")
+    assert (traffic["status"], traffic["reason"]) == ("False", "TrafficSplitUnavailable")
+    assert status["phase"] == "Degraded" and outcome.new_failure
+    del cluster.fail_apply["HTTPRoute"]
+    healed = _pass(cluster, "2026-11-26T12:01:30Z")
+    assert cluster.body["status"]["canary"]["weight"] == 60
+    assert cluster.objects[("HTTPRoute", "m")]["spec"]["rules"][0]["backendRefs"][1]["weight"] == 60
+    assert "StepCompleted" in [e.reason for e in healed.events]
+
+
+def test_while_the_route_cannot_be_written_no_backend_it_points_at_is_deleted() -> None:
+    cluster = _canary(GATEWAY)
+    cluster.body["spec"]["model"] = {"version": "3.0", "uri": "s3://m/3.0/"}  # supersedes 2.0: its children would go
+    cluster.fail_apply["HTTPRoute"] = ApiError(500, "etcdserver: request timed out")
+    outcome = _pass(cluster, "2026-11-26T12:01:00Z")
+    assert outcome.deleted == []
+    assert ("Service", "m-2-0") in cluster.objects and ("Deployment", "m-2-0") in cluster.objects
+    assert cluster.body["status"]["canary"]["version"] == "2.0"
+    assert cluster.body["status"]["rollout"]["revision"] == "2.0"
+
+
+def test_an_unreadable_status_field_writes_no_child_keeps_the_field_and_warns_once() -> None:
+    cluster = FakeCluster(body())
+    _pass(cluster)
+    _serving(cluster, "1.0")
+    _pass(cluster)
+    cluster.body["status"]["retraining"] = {"runs": 1, "lastRun": {"job": "m-retrain-1", "trigger": "t", "startedAt": NOW,
+                                                                  "candidate": {"version": "1.1", "uri": "s3://m/1.1/", "metrics": {"auc": "high"}}}}
+    cluster.body["spec"]["model"] = {"version": "2.0", "uri": "s3://m/2.0/"}
+    cluster.calls.clear()
+    outcome = _pass(cluster, "2026-11-26T12:01:00Z")
+    assert [call for call in cluster.calls if not call.startswith(("list", "patch status"))] == []
+    assert outcome.applied == [] and outcome.deleted == []
+    status = cluster.body["status"]
+    assert status["retraining"]["lastRun"]["candidate"]["metrics"] == {"auc": "high"}  # left for a human to see and fix
+    assert status["stable"]["version"] == "1.0"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "StatusUnreadable"
+    assert "status.retraining.lastRun.candidate.metrics.auc" in degraded["message"]
+    assert [e.reason for e in outcome.events] == ["StatusUnreadable"]
+    again = _pass(cluster, "2026-11-26T12:02:00Z")
+    assert again.events == [] and not again.wrote

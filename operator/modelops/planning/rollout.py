@@ -149,6 +149,7 @@ class _Run:
     handled: HandledActions
     events: list[Event] = field(default_factory=list)
     hold_reason: str = ""
+    at_manual_gate: bool = False
 
     def record(self, version: str, outcome: Outcome, reason: str) -> None:
         limit = self.spec.revision_history_limit
@@ -300,6 +301,7 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
                 waiting = f"paused at step {rollout.step} until `modelops promote` or `modelops resume`"
                 # A manual gate is a pause: the progress deadline does not run while a human decides.
                 run.rollout = rollout = _stopped_clock(rollout, run.now)
+                run.at_manual_gate = True
             elif _elapsed(rollout.step_started_at, run.now) < duration_seconds(step.pause.duration):
                 waiting = f"pausing {step.pause.duration} at step {rollout.step}"
         if waiting:
@@ -431,13 +433,14 @@ def advance(
         # A pause, or a hold that is not the canary's doing, stops the progress-deadline clock.
         run.rollout = _stopped_clock(run.rollout, now)
         return _state(run, canary=target, hold=hold)
-    run.rollout = _running_clock(run.rollout, now)
     if canary_ready:
         _advance_steps(run, stable_deployment, (full_size or serving).get(target, False))
         if run.rollout is None:
             return _state(run, canary=None)
     else:
         run.hold_reason = f"waiting for every replica of {target} to be Ready"
+    if not run.at_manual_gate:
+        run.rollout = _running_clock(run.rollout, now)
     if run.rollout is not None and run.rollout.held_since is None and _elapsed(run.rollout.last_progress_at, now) > duration_seconds(spec.rollout.progress_deadline):
         run.roll_back(f"no progress for {spec.rollout.progress_deadline}: {run.hold_reason or 'stalled'}")
         return _state(run, canary=_cooling_canary(run))
