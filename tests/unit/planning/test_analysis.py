@@ -200,7 +200,7 @@ def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
         "monitoring": {"checks": [{"name": "drift", "type": "featureDrift", "max": 0.2}]},
     }
     live = {"stable": {"version": "1", "deployment": "m-1"},
-            "rollout": {"revision": "2", "stepStartedAt": "t", "lastProgressAt": "t", "nextAnalysisAt": "2026-11-26T12:00:00Z",
+            "rollout": {"revision": "2", "stepStartedAt": "2026-11-26T11:00:00Z", "lastProgressAt": "2026-11-26T11:00:00Z", "nextAnalysisAt": "2026-11-26T12:00:00Z",
                         "checks": [{"name": "latency", "type": "latencyP99"}]}}
     bodies = {key: parse_watched(body) for key, body in {
         ("ml", "m"): {"spec": spec, "status": live}, ("ml", "broken"): {"spec": {"model": {}}, "status": {}},
