@@ -19,6 +19,7 @@ from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
 from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
+from modelops.planning.actions import requested_actions
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +154,6 @@ def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) ->
             409,
             f"{write.label} already exists and is not owned by ModelDeployment {owner.name}: rename or delete it",
         )
-
-
-ACTION_ANNOTATION_PREFIX = "modelops.dev/action."
-
-
-def requested_actions(metadata: Mapping[str, Any]) -> dict[str, str]:
-    """Manual actions from annotations ``modelops.dev/action.<name>: <RFC 3339 time>``."""
-    annotations = metadata.get("annotations") or {}
-    return {
-        key.removeprefix(ACTION_ANNOTATION_PREFIX): str(value)[:64]
-        for key, value in annotations.items()
-        if key.startswith(ACTION_ANNOTATION_PREFIX)
-    }
 
 
 def _with_notification(status: ModelDeploymentStatus, url: str, owner: Owner, run: RetrainingRun) -> ModelDeploymentStatus:
