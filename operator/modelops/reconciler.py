@@ -19,7 +19,7 @@ from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
 from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
-from modelops.planning.actions import requested_actions
+from modelops.planning.actions import requested_actions, server_order
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def reconcile(
         owner, spec, previous, observed, generation, now,
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
+        action_order=server_order(metadata, requested_actions(metadata)),
     )
     created: set[tuple[str, str]] = set()  # children this pass creates: checked once, not once per write
     failed_services: list[str] = []

@@ -398,6 +398,7 @@ def plan(
     evaluations: Mapping[str, Evaluation] | None = None,
     monitoring_evaluations: Mapping[str, Evaluation] | None = None,
     requested_actions: Mapping[str, str] | None = None,
+    action_order: Sequence[str] = (),
 ) -> Plan:
     """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state."""
     requested = dict(requested_actions or {})
@@ -438,6 +439,7 @@ def plan(
         now=now,
         evaluations=evaluations,
         requested_actions=requested,
+        action_order=action_order,
     )
     to_apply: list[Apply] = []
     if retraining.create is not None and retraining.create["metadata"]["name"] not in observed.jobs:

@@ -34,7 +34,7 @@ is carried out once, and its timestamp is recorded in ``status.handledActions``.
 """
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from modelops.api.v1alpha1 import (
@@ -50,6 +50,7 @@ from modelops.api.v1alpha1 import (
     RolloutStatus,
     duration_seconds,
 )
+from modelops.planning.actions import SAFE_ORDER
 from modelops.planning.analysis import Evaluation, threshold_text, value_query
 
 ACTIONS = ("promote", "abort", "retry", "pause", "resume", "retrain")
@@ -278,10 +279,13 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
         run.events.append(Event("Normal", "StepCompleted", f"{rollout.revision}: step {rollout.step} completed at weight {run.rollout.weight}%"))
 
 
-def _handle_pause_actions(run: _Run, actions: Mapping[str, str]) -> None:
+def _handle_pause_actions(run: _Run, actions: Mapping[str, str], action_order: Sequence[str]) -> None:
+    """Of a new ``pause`` and ``resume``, the one the apiserver received last wins (planning/actions.py)."""
     assert run.rollout is not None
-    if "pause" in actions or "resume" in actions:
-        paused = actions.get("pause", "") > actions.get("resume", "")
+    pending = [name for name in ("pause", "resume") if name in actions]
+    if pending:
+        order = list(action_order) if set(pending) <= set(action_order) else list(SAFE_ORDER)
+        paused = max(pending, key=order.index) == "pause"
         run.rollout = run.rollout.model_copy(update={"paused_by_user": paused})
         run.events.append(Event("Normal", "Paused" if paused else "Resumed", f"{run.rollout.revision} {'paused' if paused else 'resumed'} by a user"))
         if not paused:
@@ -311,6 +315,7 @@ def advance(
     full_size: Mapping[str, bool] | None = None,
     evaluations: Mapping[str, Evaluation] | None = None,
     requested_actions: Mapping[str, str] | None = None,
+    action_order: Sequence[str] = (),
 ) -> RolloutState:
     """One step of the state machine. ``serving[version]``: every replica its Deployment asks for is Ready;
     ``full_size[version]``: and it asks for the full production count (default: same as serving);
@@ -357,7 +362,7 @@ def advance(
 
     if run.rollout is None or run.rollout.revision != target:
         _start(run, target)
-    _handle_pause_actions(run, actions)
+    _handle_pause_actions(run, actions, action_order)
     stable_deployment = deployments.get(run.stable, "")
     if "abort" in actions:
         run.roll_back("aborted by a user", outcome="Aborted")
