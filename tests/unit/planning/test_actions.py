@@ -13,25 +13,26 @@ from modelops.planning.actions import (
     server_order,
 )
 
-# Metadata of a ModelDeployment after `modelops pause` then `modelops resume` (one second apart), in the
-# shape kube-apiserver writes it. The resume's annotation value is an old time, as from a client whose
-# clock is behind.
+# Metadata of a ModelDeployment after `modelops pause`, then (two seconds later) the resume the CLI sends
+# but with an old annotation value, as from a client whose clock is behind: dumped from the devcluster
+# (kube-apiserver v1.36.3, `kubectl get mdep -o json --show-managed-fields`; uid and resourceVersion left out).
 PAUSED_THEN_RESUMED: dict[str, Any] = {
     "annotations": {
-        "modelops.dev/action.pause": "2026-12-01T03:50:00.417263Z",
+        "modelops.dev/action.pause": "2026-12-01T03:48:22.699946Z",
         "modelops.dev/action.resume": "2020-01-01T00:00:00.000001Z",
     },
-    "creationTimestamp": "2026-12-01T03:49:58Z",
+    "creationTimestamp": "2026-12-01T03:48:21Z",
     "generation": 1,
     "managedFields": [
         {
             "apiVersion": "modelops.dev/v1alpha1",
             "fieldsType": "FieldsV1",
-            "fieldsV1": {"f:spec": {".": {}, "f:model": {".": {}, "f:uri": {}, "f:version": {}},
-                                    "f:runtime": {".": {}, "f:image": {}}}},
+            "fieldsV1": {"f:spec": {".": {}, "f:model": {".": {}, "f:format": {}, "f:uri": {}, "f:version": {}},
+                                    "f:revisionHistoryLimit": {},
+                                    "f:runtime": {".": {}, "f:image": {}, "f:imagePolicy": {}, "f:imagePullPolicy": {}, "f:port": {}}}},
             "manager": "kubectl-create",
             "operation": "Update",
-            "time": "2026-12-01T03:49:58Z",
+            "time": "2026-12-01T03:48:21Z",
         },
         {
             "apiVersion": "modelops.dev/v1alpha1",
@@ -39,7 +40,7 @@ PAUSED_THEN_RESUMED: dict[str, Any] = {
             "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:modelops.dev/action.pause": {}}}},
             "manager": "modelops-action-pause",
             "operation": "Update",
-            "time": "2026-12-01T03:50:00Z",
+            "time": "2026-12-01T03:48:22Z",
         },
         {
             "apiVersion": "modelops.dev/v1alpha1",
@@ -47,21 +48,28 @@ PAUSED_THEN_RESUMED: dict[str, Any] = {
             "fieldsV1": {"f:metadata": {"f:annotations": {"f:modelops.dev/action.resume": {}}}},
             "manager": "modelops-action-resume",
             "operation": "Update",
-            "time": "2026-12-01T03:50:01Z",
-        },
-        {
-            "apiVersion": "modelops.dev/v1alpha1",
-            "fieldsType": "FieldsV1",
-            "fieldsV1": {"f:status": {".": {}, "f:conditions": {}, "f:observedGeneration": {}}},
-            "manager": "modelops",
-            "operation": "Update",
-            "subresource": "status",
-            "time": "2026-12-01T03:50:01Z",
+            "time": "2026-12-01T03:48:24Z",
         },
     ],
     "name": "fraud",
-    "namespace": "ml",
+    "namespace": "mfdemo",
 }
+
+# The same object after `kubectl annotate --overwrite ... modelops.dev/action.pause=by-hand` five seconds later
+# (dumped too): the field moved to kubectl's manager, and the CLI's pause entry owns no annotation any more.
+PAUSE_TAKEN_OVER_BY_KUBECTL: list[dict[str, Any]] = [
+    PAUSED_THEN_RESUMED["managedFields"][0],
+    {**PAUSED_THEN_RESUMED["managedFields"][1], "fieldsV1": {"f:metadata": {"f:annotations": {}}}},
+    PAUSED_THEN_RESUMED["managedFields"][2],
+    {
+        "apiVersion": "modelops.dev/v1alpha1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:metadata": {"f:annotations": {"f:modelops.dev/action.pause": {}}}},
+        "manager": "kubectl-annotate",
+        "operation": "Update",
+        "time": "2026-12-01T03:48:29Z",
+    },
+]
 
 
 def _with(metadata: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -92,36 +100,36 @@ def test_the_reconciler_still_exports_requested_actions() -> None:
 def test_the_apiserver_order_wins_over_a_skewed_client_clock() -> None:
     assert server_order(PAUSED_THEN_RESUMED, ["pause", "resume"]) == ["pause", "resume"]
     assert last_received(PAUSED_THEN_RESUMED, ["resume", "pause"]) == "resume"
-    reversed_order = _with(PAUSED_THEN_RESUMED, pause=("2026-12-01T03:50:09Z", "2020-01-01T00:00:00.000001Z"))
+    reversed_order = _with(PAUSED_THEN_RESUMED, pause=("2026-12-01T03:48:30Z", "2020-01-01T00:00:00.000001Z"))
     assert last_received(reversed_order, ["pause", "resume"]) == "pause"
 
 
 def test_the_entry_owning_the_annotation_counts_whoever_its_manager_is() -> None:
     """`kubectl annotate --overwrite` takes the field over: its entry's time is the one that counts."""
-    metadata = copy.deepcopy(PAUSED_THEN_RESUMED)
-    metadata["managedFields"][1]["manager"] = "kubectl-annotate"
-    metadata["managedFields"][1]["time"] = "2026-12-01T03:51:00Z"
+    metadata = copy.deepcopy(PAUSED_THEN_RESUMED) | {"managedFields": copy.deepcopy(PAUSE_TAKEN_OVER_BY_KUBECTL)}
+    metadata["annotations"]["modelops.dev/action.pause"] = "by-hand"
     assert last_received(metadata, ["pause", "resume"]) == "pause"
-    assert received_at(metadata, "pause") is not None and received_at(metadata, "pause").minute == 51
+    received = received_at(metadata, "pause")
+    assert received is not None and received.isoformat() == "2026-12-01T03:48:29+00:00"
 
 
 def test_within_one_second_the_clients_microseconds_order_the_actions() -> None:
-    same_second = _with(PAUSED_THEN_RESUMED, pause=("2026-12-01T03:50:01Z", "2026-12-01T03:50:01.100000Z"),
-                        resume=("2026-12-01T03:50:01Z", "2026-12-01T03:50:01.900000Z"))
+    same_second = _with(PAUSED_THEN_RESUMED, pause=("2026-12-01T03:48:24Z", "2026-12-01T03:48:24.100000Z"),
+                        resume=("2026-12-01T03:48:24Z", "2026-12-01T03:48:24.900000Z"))
     assert server_order(same_second, ["resume", "pause"]) == ["pause", "resume"]
-    swapped = _with(same_second, resume=("2026-12-01T03:50:01Z", "2026-12-01T03:50:01.000001Z"))
+    swapped = _with(same_second, resume=("2026-12-01T03:48:24Z", "2026-12-01T03:48:24.000001Z"))
     assert server_order(swapped, ["resume", "pause"]) == ["resume", "pause"]
 
 
 @pytest.mark.parametrize(
     ("pause_value", "resume_value"),
     [
-        ("2026-12-01T03:50:01Z", "2026-12-01T03:50:01.9Z"),  # one value without fractions: not the CLI's
+        ("2026-12-01T03:48:24Z", "2026-12-01T03:48:24.9Z"),  # one value without fractions: not the CLI's
         ("token-1", "token-2"),  # not times at all
     ],
 )
 def test_a_tie_the_values_cannot_break_goes_to_the_cautious_action(pause_value: str, resume_value: str) -> None:
-    tie = _with(PAUSED_THEN_RESUMED, pause=("2026-12-01T03:50:01Z", pause_value), resume=("2026-12-01T03:50:01Z", resume_value))
+    tie = _with(PAUSED_THEN_RESUMED, pause=("2026-12-01T03:48:24Z", pause_value), resume=("2026-12-01T03:48:24Z", resume_value))
     assert last_received(tie, ["pause", "resume"]) == "pause"
 
 
