@@ -7,6 +7,10 @@ offset or fractions, an older operator wrote fractions. :func:`parse_timestamp` 
 them, :func:`format_timestamp` writes the one form, and :data:`Timestamp` applies both to a
 model field, so a time read from status is canonical from the moment it is parsed.
 
+A time stored in another spelling is rewritten in the canonical one with the next status
+write that the pass makes for a real change. The pass compares parsed models, so a
+spelling alone never causes a write (zero writes in steady state).
+
 **A time without an offset is read as UTC.** Kubernetes writes every time in UTC, and so does
 the operator; a time that lost its ``Z`` (a hand edit, a tool that drops it) is far more
 likely UTC than local time, and reading it as UTC keeps arithmetic on it from raising every
