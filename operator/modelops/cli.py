@@ -123,13 +123,20 @@ def run(
 
 
 def _request_action(action: str, name: str, namespace: str | None) -> None:
-    """Annotates the ModelDeployment with modelops.dev/action.<action>=<now>; the operator carries it out once."""
+    """Annotates the ModelDeployment with modelops.dev/action.<action>=<now>; the operator carries it out once.
+
+    The patch is made under the field manager ``modelops-action-<action>``, so the apiserver
+    records when it received this action (``metadata.managedFields[].time``): contradicting
+    actions apply in that order, not by this machine's clock (planning/actions.py). The value,
+    this clock's time in microseconds, only tells one request from the next.
+    """
     import datetime
 
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
     from modelops.api import v1alpha1
+    from modelops.planning import actions
 
     try:
         config.load_kube_config()
@@ -138,11 +145,11 @@ def _request_action(action: str, name: str, namespace: str | None) -> None:
         raise click.ClickException(f"no usable kubeconfig: {error}") from error
     namespace = namespace or context.get("context", {}).get("namespace") or "default"
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    patch = {"metadata": {"annotations": {f"modelops.dev/action.{action}": now}}}
+    patch = {"metadata": {"annotations": {actions.annotation(action): now}}}
     try:
         client.CustomObjectsApi().patch_namespaced_custom_object(
             v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, patch,
-            _content_type="application/merge-patch+json", _request_timeout=15,
+            field_manager=actions.field_manager(action), _content_type="application/merge-patch+json", _request_timeout=15,
         )
     except ApiException as error:
         if error.status == 404:

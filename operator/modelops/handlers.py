@@ -35,6 +35,7 @@ from kubernetes import client, config
 
 from modelops.analysis_runner import CanaryUnderAnalysis, Watched, due_canaries, due_monitors, parse_watched, run_tick
 from modelops.api import v1alpha1
+from modelops.api.timestamps import format_timestamp
 from modelops.kube.api import ApiError, KubernetesClusterApi
 from modelops.metrics import operator_metrics as metrics
 from modelops.metrics.prometheus import Prometheus, PrometheusConfig
@@ -112,7 +113,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """The one clock: every decision of a pass takes this ``now`` (planning reads no clock)."""
+    return format_timestamp(datetime.datetime.now(datetime.UTC))
 
 
 def _run_pass(

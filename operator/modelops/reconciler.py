@@ -20,6 +20,7 @@ from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
 from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
+from modelops.planning.actions import requested_actions, server_order
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +188,6 @@ def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) ->
         )
 
 
-ACTION_ANNOTATION_PREFIX = "modelops.dev/action."
-
-
-def requested_actions(metadata: Mapping[str, Any]) -> dict[str, str]:
-    """Manual actions from annotations ``modelops.dev/action.<name>: <RFC 3339 time>``."""
-    annotations = metadata.get("annotations") or {}
-    return {
-        key.removeprefix(ACTION_ANNOTATION_PREFIX): str(value)[:64]
-        for key, value in annotations.items()
-        if key.startswith(ACTION_ANNOTATION_PREFIX)
-    }
-
-
 def _with_notification(status: ModelDeploymentStatus, url: str, owner: Owner, run: RetrainingRun) -> ModelDeploymentStatus:
     """POSTs the candidate once (when its run completes) and records whether it was accepted."""
     delivered = notify.post_candidate(url, owner.namespace, owner.name, run)
@@ -242,6 +230,7 @@ def reconcile(
         owner, spec, previous, observed, generation, now,
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
+        action_order=server_order(metadata, requested_actions(metadata)),
     )
     if plan.unreadable:
         return _hold_unreadable(cluster, owner, previous, plan.status, outcome)

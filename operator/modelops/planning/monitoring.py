@@ -35,6 +35,7 @@ from modelops.api.v1alpha1 import (
     VersionStatus,
     duration_seconds,
 )
+from modelops.api.timestamps import canonical_or
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner, common_labels
 from modelops.planning.rollout import Event, _after, _elapsed
@@ -143,7 +144,7 @@ class RetrainingDecision:
 
 def _message_overdue(job: ObservedJob, now: str) -> bool:
     """A Job finished long ago and still no pod shows a termination message: stop waiting for one."""
-    return job.finished_at is not None and _elapsed(job.finished_at, now) >= TERMINATION_MESSAGE_GRACE_SECONDS
+    return job.finished_at is not None and _elapsed(canonical_or(job.finished_at, now), now) >= TERMINATION_MESSAGE_GRACE_SECONDS
 
 
 def job_name(owner: Owner, run: int) -> str:
@@ -216,13 +217,13 @@ def decide_retraining(
             run = run.model_copy(update={"outcome": "Failed", "finished_at": now, "reason": f"Job {run.job} disappeared"})
             events.append(Event("Warning", "RetrainingFailed", run.reason))
         elif job.failed:
-            run = run.model_copy(update={"outcome": "Failed", "finished_at": job.finished_at or now, "reason": job.reason[:1024]})
+            run = run.model_copy(update={"outcome": "Failed", "finished_at": canonical_or(job.finished_at, now), "reason": job.reason[:1024]})
             events.append(Event("Warning", "RetrainingFailed", f"{run.job} failed: {job.reason}; next attempt after the cooldown"))
         elif job.succeeded:
             if job.termination_message is None and not _message_overdue(job, now):
                 return RetrainingDecision(current, needs_message=job.name)
             candidate, problem = parse_candidate(job.termination_message)
-            run = run.model_copy(update={"outcome": "Succeeded", "finished_at": job.finished_at or now, "candidate": candidate, "reason": problem})
+            run = run.model_copy(update={"outcome": "Succeeded", "finished_at": canonical_or(job.finished_at, now), "candidate": candidate, "reason": problem})
             message = f"{run.job} produced candidate {candidate.version} ({candidate.uri})" if candidate else f"{run.job}: {problem}"
             events.append(Event("Normal" if candidate else "Warning", "RetrainingSucceeded", message))
             current = current.model_copy(update={"last_run": run})

@@ -47,6 +47,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modelops.api.timestamps import format_timestamp as format_time
+from modelops.api.timestamps import parse_timestamp as parse_time
 from modelops.api.v1alpha1 import (
     BlockedRevision,
     CheckStatus,
@@ -60,9 +62,9 @@ from modelops.api.v1alpha1 import (
     RolloutStatus,
     duration_seconds,
 )
+from modelops.planning.actions import ACTIONS
 from modelops.planning.analysis import Evaluation, threshold_text, value_query
 
-ACTIONS = ("promote", "abort", "retry", "pause", "resume", "retrain")
 MEASUREMENTS_KEPT = 10
 
 
@@ -99,14 +101,6 @@ class RolloutState:
     hold_reason: str = ""  # why a live canary is not advancing ("" when it is, or there is none)
     metrics_unavailable: bool = False
     hold: Hold | None = None  # the outside reason given to advance, while it held a live canary
-
-
-def parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def format_time(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _after(start: str, seconds: float) -> str:

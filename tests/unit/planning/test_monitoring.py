@@ -153,3 +153,26 @@ def test_an_alert_fires_once_per_breach() -> None:
         outcome, status = tick(status, at(second), verdict)
         fired.append(len(outcome.triggered))
     assert fired == [1, 0, 0, 0, 1]  # once for the first breach, once for the next
+
+
+def test_a_jobs_finish_time_in_the_clients_spelling_is_recorded_canonically() -> None:
+    """The kubernetes client renders a Job's lastTransitionTime with +00:00; status holds it with Z."""
+    started = decide_retraining(OWNER, spec(), None, trigger="drift", features=(), job=None, now=T0).status
+    finished = ObservedJob("fraud-retrain-1", succeeded=False, failed=True, reason="BackoffLimitExceeded",
+                           finished_at="2026-11-26T12:01:40+00:00")
+    failed = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=finished, now=at(120))
+    assert failed.status is not None and failed.status.last_run is not None
+    assert failed.status.last_run.finished_at == at(100)
+    unreadable = ObservedJob("fraud-retrain-1", succeeded=False, failed=True, finished_at="Tuesday")
+    failed = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=unreadable, now=at(120))
+    assert failed.status is not None and failed.status.last_run is not None and failed.status.last_run.finished_at == at(120)
+
+
+def test_a_naive_cooldown_in_status_is_read_as_utc_instead_of_raising_every_pass() -> None:
+    status = ModelDeploymentStatus.model_validate({"stable": {"version": "1.0", "deployment": "fraud-1-0"},
+                                                   "retraining": {"runs": 1, "cooldownUntil": "2026-11-26T13:00:00"}})
+    assert status.retraining is not None
+    cooling = decide_retraining(OWNER, spec(), status.retraining, trigger="drift", features=(), job=None, now=at(600))
+    assert cooling.cooling_down and cooling.create is None
+    later = decide_retraining(OWNER, spec(), status.retraining, trigger="drift", features=(), job=None, now=at(3600))
+    assert later.create is not None

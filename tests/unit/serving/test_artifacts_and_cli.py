@@ -98,7 +98,7 @@ def test_profile_build_names_an_empty_cell(tmp_path: Path) -> None:
 
 def test_a_candidate_is_announced_with_retries() -> None:
     receiver = Local(statuses=[503, 500, 202])
-    run = RetrainingRun(job="m-retrain-1", trigger="drift", started_at="t",
+    run = RetrainingRun(job="m-retrain-1", trigger="drift", started_at="2026-11-26T11:00:00Z",
                         candidate=Candidate(version="1.1", uri="s3://m/1.1/", metrics={"auc": 0.9}))
     try:
         assert notify.post_candidate(f"{receiver.url}/hook", "ml", "m", run, backoff_seconds=0.01)
