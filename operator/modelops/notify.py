@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from modelops.api.v1alpha1 import RetrainingRun
+from modelops.metrics import operator_metrics as metrics
 
 log = logging.getLogger("modelops")
 NotificationKey = tuple[str, str, str]  # namespace, ModelDeployment, Job
@@ -166,7 +167,9 @@ class Outbox:
                 self._results[dropped.key] = False
             self._queue.append(item)
             self._pending.add(item.key)
+            metrics.notify_queued.set(len(self._queue))
         if dropped is not None:
+            metrics.notifications.labels("dropped").inc()
             log.warning("notify outbox full (%d): dropped the oldest notification, for %s/%s (%s)",
                         self.settings.capacity, dropped.namespace, dropped.name, dropped.job)
             self._on_result(dropped.namespace, dropped.name)
@@ -216,7 +219,9 @@ class Outbox:
 
     def _take(self) -> Notification | None:
         with self._guard:
-            return self._queue.popleft() if self._queue else None
+            item = self._queue.popleft() if self._queue else None
+            metrics.notify_queued.set(len(self._queue))
+            return item
 
     async def _serve(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
@@ -250,4 +255,5 @@ class Outbox:
                 return  # forgotten meanwhile: the object is gone
             self._pending.discard(item.key)
             self._results[item.key] = delivered
+        metrics.notifications.labels("delivered" if delivered else "failed").inc()
         self._on_result(item.namespace, item.name)
