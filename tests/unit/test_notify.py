@@ -3,7 +3,6 @@ redacted logs, and the outcome folded into status by a later pass (never during 
 
 import asyncio
 import logging
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from modelops import notify
 from modelops.api.v1alpha1 import Candidate, RetrainingRun
 from modelops.reconciler import reconcile
+from tests.support.dripping_receiver import DrippingReceiver
 from tests.unit.test_reconciler import FakeCluster, body
 
 SECRET_URL = "https://hooks.example.com/services/T000/B000/s3cr3t-t0ken?sig=abc"
@@ -29,52 +29,20 @@ def _deliver(item: notify.Notification, settings: notify.DeliverySettings, trans
     return asyncio.run(run())
 
 
-class Dripping:
-    """A receiver that sends its status line, then one byte every ``gap`` seconds, for ever."""
-
-    def __init__(self, gap: float) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
-        self.closed_by_client = threading.Event()
-        self.gap = gap
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(connection,), daemon=True).start()
-
-    def _drip(self, connection: socket.socket) -> None:
-        with connection:
-            connection.recv(65536)
-            try:
-                connection.sendall(b"HTTP/1.1 200 OK\r\n")
-                while True:
-                    threading.Event().wait(self.gap)
-                    connection.sendall(b"X")
-            except OSError:
-                self.closed_by_client.set()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture
-def dripping() -> Iterator[Dripping]:
-    server = Dripping(gap=0.05)
+def dripping() -> Iterator[DrippingReceiver]:
+    server = DrippingReceiver(gap=0.05)
     yield server
     server.close()
 
 
-def test_a_dripping_receiver_is_cut_at_the_total_deadline(dripping: Dripping, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_dripping_receiver_is_cut_at_the_total_deadline(dripping: DrippingReceiver, caplog: pytest.LogCaptureFixture) -> None:
     settings = notify.DeliverySettings(deadline_seconds=0.5, attempts=2, backoff_seconds=0.01)
-    assert not _deliver(notify.notification(dripping.url, "ml", "m", RUN), settings)
+    assert not _deliver(notify.notification(f"{dripping.url}/hook", "ml", "m", RUN), settings)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(lines) == 2 and all("no complete answer within 0.5s" in line for line in lines)
-    assert dripping.closed_by_client.wait(5)  # the operator hung up; it did not wait for the drip to end
+    assert dripping.client_closed.wait(5)  # the operator hung up; it did not wait for the drip to end
+    assert dripping.connections == 2
 
 
 def test_a_huge_reply_is_read_only_up_to_the_cap() -> None:

@@ -41,7 +41,10 @@ class FakeCluster:
         return key
 
     def remove(self, namespace: str, name: str) -> None:
+        """Deletes the ModelDeployment and, as the garbage collector would, its children."""
         self.bodies.pop((namespace, name), None)
+        for key in self.owned.pop(name, set()):
+            self.objects.pop(key, None)
 
     def write_status_behind_the_operators_back(self, namespace: str, name: str) -> None:
         """Someone else writes the object: its resourceVersion moves on."""
@@ -86,8 +89,9 @@ class FakeCluster:
         current = self.objects.setdefault(key, {"status": {}} if manifest["kind"] == "Deployment" else {})
         for field, value in copy.deepcopy(dict(manifest)).items():
             current[field] = {**current.get(field, {}), **value} if isinstance(value, dict) else value
-        owner = (manifest["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT, "")
-        self.owned.setdefault(owner, set()).add(key)
+        owner = (manifest["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if owner is not None:  # a partial apply (replicas only) carries no labels: the object is already known
+            self.owned.setdefault(owner, set()).add(key)
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         self.calls.append(f"read {kind} {name}")
