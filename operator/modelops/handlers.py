@@ -267,8 +267,12 @@ def _retry_later(memo: kopf.Memo, key: Key, error: ApiError, logger: logging.Log
 
 def _trigger_pass(memo: kopf.Memo, key: Key) -> None:
     """A pass soon, on a worker (never in the caller's thread: retries and the outbox must not block)."""
-    if _registry.knows(key):
+    if not _registry.knows(key):
+        return
+    try:
         memo.triggered_pool.submit(_guarded, _run_pass, key[0], key[1], memo, log)
+    except RuntimeError:
+        pass  # shutting down: the pool takes no more work, and the next operator runs the pass
 
 
 def _report(

@@ -64,7 +64,8 @@ class QueryProxy:
             answer = httpx.get(self.upstream + handler.path, headers={"Accept": "application/json"}, timeout=30)
             status, body = answer.status_code, answer.content
         except httpx.HTTPError:
-            status, body = 502, b'{"status":"error","error":"upstream unreachable"}'
+            handler.close_connection = True  # Prometheus is away: hang up without an answer, as it would
+            return
         try:
             handler.send_response(status)
             handler.send_header("Content-Type", "application/json")
