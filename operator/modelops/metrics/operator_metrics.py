@@ -46,8 +46,11 @@ PER_OBJECT = (canary_weight, analysis_checks, promotions, rollbacks)
 def forget(namespace: str, name: str) -> None:
     """Removes every series labelled with this ModelDeployment (it is gone: its series must not live on)."""
     for collector in PER_OBJECT:
-        # prometheus_client keeps a labelled metric's children in ``_metrics``, keyed by label values.
-        for values in [values for values in list(collector._metrics) if values[:2] == (namespace, name)]:
+        # prometheus_client keeps a labelled metric's children in ``_metrics``, keyed by label values,
+        # guarded by ``_lock`` (which ``labels()`` and ``remove()`` take too).
+        with collector._lock:
+            labelled = [values for values in collector._metrics if values[:2] == (namespace, name)]
+        for values in labelled:
             try:
                 collector.remove(*values)
             except KeyError:
