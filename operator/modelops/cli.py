@@ -76,6 +76,10 @@ def crd(output_dir: Path | None) -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8081, show_default=True, help="Port of the operator's /metrics (0: off).")
 @click.option("--metrics-address", default="0.0.0.0", show_default=True, help="Address of the operator's /metrics.")
 @click.option("--analysis-tick-seconds", type=click.FloatRange(0.2, 60), default=1, show_default=True, help="How often due analyses are looked for.")
+@click.option("--analysis-budget-seconds", type=click.FloatRange(0.5, 120), default=None,
+              help="How long an analysis tick waits for a query before it counts as an Error verdict (default: --prometheus-timeout + 1).")
+@click.option("--notify-deadline-seconds", type=click.FloatRange(1, 120), default=10, show_default=True,
+              help="Total time for one attempt to POST a retraining candidate to spec.retraining.notify.url.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every pass, not only those that wrote.")
 def run(
     namespaces: tuple[str, ...],
@@ -90,6 +94,8 @@ def run(
     metrics_port: int,
     metrics_address: str,
     analysis_tick_seconds: float,
+    analysis_budget_seconds: float | None,
+    notify_deadline_seconds: float,
     verbose: bool,
 ) -> None:
     """Run the operator against the current cluster ($KUBECONFIG, or in-cluster credentials)."""
@@ -105,6 +111,9 @@ def run(
         "MODELOPS_METRICS_PORT": str(metrics_port),
         "MODELOPS_METRICS_ADDRESS": metrics_address,
         "MODELOPS_ANALYSIS_TICK_SECONDS": str(analysis_tick_seconds),
+        "MODELOPS_ANALYSIS_BUDGET_SECONDS": str(analysis_budget_seconds) if analysis_budget_seconds else "",
+        "MODELOPS_NOTIFY_DEADLINE_SECONDS": str(notify_deadline_seconds),
+        "MODELOPS_NAMESPACES": ",".join(namespaces),
     }
     os.environ.update(settings)
     import kopf

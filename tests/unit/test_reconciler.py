@@ -1,35 +1,87 @@
 """The reconciler's wiring over an in-memory ClusterApi: what it writes, and what it does on errors."""
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelops.kube.api import ApiError
+from modelops.planning.children import LABEL_DEPLOYMENT
 from modelops.reconciler import reconcile
 from tests.unit.planning.helpers import NOW
 
 
 class FakeCluster:
-    """Records every call; holds applied objects so that a second pass sees them."""
+    """The in-memory ClusterApi of the unit tests: records every call; holds applied objects so that
+    a second pass sees them. Holds one ModelDeployment (``body``) or several (``add``).
+
+    Faults are injected per method: ``fail_next["get_modeldeployment"] = [ApiError(0, ...)]``
+    raises those errors, one per call, before the call does anything. The status patch is
+    conditional like the apiserver's: a ``resource_version`` other than the stored one is a 409.
+    """
 
     def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
+        self.bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.primary = self.add(body)
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.owned: dict[str, set[tuple[str, str]]] = {}  # owner name -> (kind, name) of its children
         self.calls: list[str] = []
         self.fail_apply: dict[str, ApiError] = {}
+        self.fail_next: dict[str, list[Exception]] = {}
         self.foreign: dict[tuple[str, str], list[str]] = {}
+        self.templates: dict[str, str] = {}
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.bodies[self.primary]
+
+    def add(self, body: dict[str, Any]) -> tuple[str, str]:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        body["metadata"].setdefault("resourceVersion", "1")
+        self.bodies[key] = body
+        return key
+
+    def remove(self, namespace: str, name: str) -> None:
+        """Deletes the ModelDeployment and, as the garbage collector would, its children."""
+        self.bodies.pop((namespace, name), None)
+        for key in self.owned.pop(name, set()):
+            self.objects.pop(key, None)
+
+    def write_status_behind_the_operators_back(self, namespace: str, name: str) -> None:
+        """Someone else writes the object: its resourceVersion moves on."""
+        self._bump(self.bodies[(namespace, name)])
+
+    @staticmethod
+    def _bump(body: dict[str, Any]) -> None:
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+
+    def _inject(self, method: str) -> None:
+        errors = self.fail_next.get(method)
+        if errors:
+            raise errors.pop(0)
 
     def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.body)
+        self._inject("get_modeldeployment")
+        found = self.bodies.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def list_modeldeployments(self, namespaces: Sequence[str] = ()) -> set[tuple[str, str]]:
+        self._inject("list_modeldeployments")
+        self.calls.append("list modeldeployments")
+        return {key for key, item in self.bodies.items() if not item["metadata"].get("deletionTimestamp")}
+
+    def get_metric_template(self, name: str) -> str | None:
+        return self.templates.get(name)
 
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
+        self._inject("list_children")
         self.calls.append("list")
         result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": [], "HTTPRoute": [], "ControllerRevision": []}
-        for (kind, _), item in self.objects.items():
-            result[kind].append(copy.deepcopy(item))
+        for kind, name in sorted(self.owned.get(owner, ())):
+            result[kind].append(copy.deepcopy(self.objects[(kind, name)]))
         return result
 
     def apply(self, manifest: Mapping[str, Any], field_manager: str = "modelops") -> None:
+        self._inject("apply")
         if manifest["kind"] in self.fail_apply:
             raise self.fail_apply[manifest["kind"]]
         self.calls.append(f"apply {manifest['kind']} {manifest['metadata']['name']} as {field_manager}")
@@ -37,6 +89,9 @@ class FakeCluster:
         current = self.objects.setdefault(key, {"status": {}} if manifest["kind"] == "Deployment" else {})
         for field, value in copy.deepcopy(dict(manifest)).items():
             current[field] = {**current.get(field, {}), **value} if isinstance(value, dict) else value
+        owner = (manifest["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if owner is not None:  # a partial apply (replicas only) carries no labels: the object is already known
+            self.owned.setdefault(owner, set()).add(key)
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         self.calls.append(f"read {kind} {name}")
@@ -45,11 +100,17 @@ class FakeCluster:
     def delete(self, namespace: str, kind: str, name: str) -> None:
         self.calls.append(f"delete {kind} {name}")
         self.objects.pop((kind, name), None)
+        for children in self.owned.values():
+            children.discard((kind, name))
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """A JSON merge patch of the status, as the apiserver applies it (RFC 7386: null removes)."""
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None) -> None:
+        self._inject("patch_status")
         self.calls.append("patch status")
-        self.body["status"] = _merge_patch(self.body.get("status") or {}, copy.deepcopy(dict(status)))
+        stored = self.bodies[(namespace, name)]
+        if resource_version is not None and resource_version != stored["metadata"]["resourceVersion"]:
+            raise ApiError(409, "the object has been modified; please apply your changes to the latest version and try again")
+        stored["status"] = _merge_patch(stored.get("status") or {}, copy.deepcopy(dict(status)))  # RFC 7386: null removes
+        self._bump(stored)
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.calls.append(f"event {reason}")
@@ -118,7 +179,7 @@ def test_a_spec_the_models_refuse_is_reported_without_touching_children() -> Non
 def test_status_patch_sends_nulls_for_cleared_fields() -> None:
     cluster = FakeCluster(body())
     sent: list[Mapping[str, Any]] = []
-    cluster.patch_status = lambda namespace, name, status: sent.append(status)  # type: ignore[method-assign]
+    cluster.patch_status = lambda namespace, name, status, **_: sent.append(status)  # type: ignore[method-assign]
     reconcile(cluster, cluster.body, NOW)
     assert "canary" in sent[0] and sent[0]["canary"] is None
 
