@@ -136,7 +136,6 @@ class ObservedJob:
 class RetrainingDecision:
     status: RetrainingStatus | None
     create: dict[str, Any] | None = None
-    completed: RetrainingRun | None = None  # a run that just finished with a candidate: notify
     events: tuple[Event, ...] = ()
     needs_message: str | None = None  # a finished Job whose termination message should be read
     cooling_down: bool = False
@@ -227,7 +226,7 @@ def decide_retraining(
             message = f"{run.job} produced candidate {candidate.version} ({candidate.uri})" if candidate else f"{run.job}: {problem}"
             events.append(Event("Normal" if candidate else "Warning", "RetrainingSucceeded", message))
             current = current.model_copy(update={"last_run": run})
-            return RetrainingDecision(current, completed=run if candidate else None, events=tuple(events))
+            return RetrainingDecision(current, events=tuple(events))
         current = current.model_copy(update={"last_run": run})
         if run.outcome == "Running":
             return RetrainingDecision(current, cooling_down=trigger is not None)

@@ -28,7 +28,6 @@ from modelops.api.v1alpha1 import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
-    RetrainingRun,
     RetrainingStatus,
     Track,
     VersionStatus,
@@ -152,7 +151,6 @@ class Plan:
     state: RolloutState
     changing: frozenset[str] = frozenset()
     monitoring: MonitoringOutcome | None = None
-    completed_run: RetrainingRun | None = None  # a retraining run that just produced a candidate (to announce)
     unreadable: bool = False  # holding on a status it cannot trust: write only ``partial_status_document(status)``
 
 
@@ -590,7 +588,6 @@ def plan(
         state=state,
         changing=changing,
         monitoring=monitored,
-        completed_run=retraining.completed,
     )
 
 

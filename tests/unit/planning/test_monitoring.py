@@ -122,11 +122,11 @@ def test_the_candidate_comes_from_the_termination_message() -> None:
     assert waiting.needs_message == "fraud-retrain-1" and waiting.status == started
     message = json.dumps({"version": "1.1", "uri": "s3://m/1.1/", "digest": "sha256:" + "b" * 64, "metrics": {"auc": 0.91}})
     done = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True, message=message), now=at(100))
-    assert done.completed is not None and done.completed.candidate is not None
-    assert (done.completed.candidate.version, done.completed.candidate.metrics) == ("1.1", {"auc": 0.91})
+    assert done.status is not None and done.status.last_run is not None and done.status.last_run.candidate is not None
+    assert (done.status.last_run.candidate.version, done.status.last_run.candidate.metrics) == ("1.1", {"auc": 0.91})
     assert [e.reason for e in done.events] == ["RetrainingSucceeded"]
     bad = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True, message="not json"), now=at(100))
-    assert bad.completed is None and bad.status is not None and bad.status.last_run is not None
+    assert bad.status is not None and bad.status.last_run is not None and bad.status.last_run.candidate is None
     assert bad.status.last_run.outcome == "Succeeded" and "not a candidate" in bad.status.last_run.reason
 
 
