@@ -73,3 +73,4 @@ bench: install ## benchmarks (devcluster, real Prometheus, real servers); result
 	$(WITH_GO) $(BIN)/python -m bench.serving $(if $(MLSERVER_BIN),--mlserver-bin $(MLSERVER_BIN))
 	$(WITH_GO) $(BIN)/python -m bench.rollback --state-dir $(STATE_DIR)
 	$(WITH_GO) $(BIN)/python -m bench.controlplane --state-dir $(STATE_DIR)
+	$(BIN)/python -m bench.churn

@@ -76,6 +76,10 @@ def crd(output_dir: Path | None) -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8081, show_default=True, help="Port of the operator's /metrics (0: off).")
 @click.option("--metrics-address", default="0.0.0.0", show_default=True, help="Address of the operator's /metrics.")
 @click.option("--analysis-tick-seconds", type=click.FloatRange(0.2, 60), default=1, show_default=True, help="How often due analyses are looked for.")
+@click.option("--analysis-budget-seconds", type=click.FloatRange(0.5, 120), default=None,
+              help="How long an analysis tick waits for a query before it counts as an Error verdict (default: --prometheus-timeout + 1).")
+@click.option("--notify-deadline-seconds", type=click.FloatRange(1, 120), default=10, show_default=True,
+              help="Total time for one attempt to POST a retraining candidate to spec.retraining.notify.url.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every pass, not only those that wrote.")
 def run(
     namespaces: tuple[str, ...],
@@ -90,6 +94,8 @@ def run(
     metrics_port: int,
     metrics_address: str,
     analysis_tick_seconds: float,
+    analysis_budget_seconds: float | None,
+    notify_deadline_seconds: float,
     verbose: bool,
 ) -> None:
     """Run the operator against the current cluster ($KUBECONFIG, or in-cluster credentials)."""
@@ -105,6 +111,9 @@ def run(
         "MODELOPS_METRICS_PORT": str(metrics_port),
         "MODELOPS_METRICS_ADDRESS": metrics_address,
         "MODELOPS_ANALYSIS_TICK_SECONDS": str(analysis_tick_seconds),
+        "MODELOPS_ANALYSIS_BUDGET_SECONDS": str(analysis_budget_seconds) if analysis_budget_seconds else "",
+        "MODELOPS_NOTIFY_DEADLINE_SECONDS": str(notify_deadline_seconds),
+        "MODELOPS_NAMESPACES": ",".join(namespaces),
     }
     os.environ.update(settings)
     import kopf
@@ -123,13 +132,20 @@ def run(
 
 
 def _request_action(action: str, name: str, namespace: str | None) -> None:
-    """Annotates the ModelDeployment with modelops.dev/action.<action>=<now>; the operator carries it out once."""
+    """Annotates the ModelDeployment with modelops.dev/action.<action>=<now>; the operator carries it out once.
+
+    The patch is made under the field manager ``modelops-action-<action>``, so the apiserver
+    records when it received this action (``metadata.managedFields[].time``): contradicting
+    actions apply in that order, not by this machine's clock (planning/actions.py). The value,
+    this clock's time in microseconds, only tells one request from the next.
+    """
     import datetime
 
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
     from modelops.api import v1alpha1
+    from modelops.planning import actions
 
     try:
         config.load_kube_config()
@@ -138,11 +154,11 @@ def _request_action(action: str, name: str, namespace: str | None) -> None:
         raise click.ClickException(f"no usable kubeconfig: {error}") from error
     namespace = namespace or context.get("context", {}).get("namespace") or "default"
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    patch = {"metadata": {"annotations": {f"modelops.dev/action.{action}": now}}}
+    patch = {"metadata": {"annotations": {actions.annotation(action): now}}}
     try:
         client.CustomObjectsApi().patch_namespaced_custom_object(
             v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, patch,
-            _content_type="application/merge-patch+json", _request_timeout=15,
+            field_manager=actions.field_manager(action), _content_type="application/merge-patch+json", _request_timeout=15,
         )
     except ApiException as error:
         if error.status == 404:

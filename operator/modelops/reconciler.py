@@ -8,7 +8,7 @@ No kopf here: the handlers in ``modelops.handlers`` call :func:`reconcile`.
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -21,6 +21,7 @@ from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
 from modelops.planning.children import ANNOTATION_RELEASE_TRACK, LABEL_MODEL_VERSION, Owner
+from modelops.planning.actions import requested_actions, server_order
 
 log = logging.getLogger(__name__)
 
@@ -189,27 +190,42 @@ def _refuse_foreign(cluster: ClusterApi, owner: Owner, write: planning.Apply) ->
         )
 
 
-ACTION_ANNOTATION_PREFIX = "modelops.dev/action."
+class Notifier(Protocol):
+    """Where passes hand candidates to announce (``notify.Outbox``): never the network itself."""
+
+    def submit(self, item: notify.Notification) -> None: ...
+
+    def result(self, namespace: str, name: str, job: str) -> bool | None: ...
+
+    def settle(self, namespace: str, name: str, job: str) -> None: ...
 
 
-def requested_actions(metadata: Mapping[str, Any]) -> dict[str, str]:
-    """Manual actions from annotations ``modelops.dev/action.<name>: <RFC 3339 time>``."""
-    annotations = metadata.get("annotations") or {}
-    return {
-        key.removeprefix(ACTION_ANNOTATION_PREFIX): str(value)[:64]
-        for key, value in annotations.items()
-        if key.startswith(ACTION_ANNOTATION_PREFIX)
-    }
+def _run_to_announce(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> RetrainingRun | None:
+    """The last run, while its candidate waits to be announced (notified not yet recorded)."""
+    run = status.retraining.last_run if status.retraining else None
+    if run is None or run.candidate is None or run.outcome != "Succeeded" or run.notified is not None:
+        return None
+    return run if spec.retraining is not None and spec.retraining.notify is not None else None
 
 
-def _with_notification(status: ModelDeploymentStatus, url: str, owner: Owner, run: RetrainingRun) -> ModelDeploymentStatus:
-    """POSTs the candidate once (when its run completes) and records whether it was accepted."""
-    delivered = notify.post_candidate(url, owner.namespace, owner.name, run)
-    retraining = status.retraining
-    if retraining is None or retraining.last_run is None:
-        return status
-    last_run = retraining.last_run.model_copy(update={"notified": delivered})
-    return status.model_copy(update={"retraining": retraining.model_copy(update={"last_run": last_run})})
+def _with_notification(
+    status: ModelDeploymentStatus, spec: ModelDeploymentSpec, owner: Owner, notifier: Notifier | None
+) -> tuple[ModelDeploymentStatus, str | None]:
+    """Folds a finished delivery into ``lastRun.notified``, or submits the candidate to the outbox.
+
+    Returns the status and the Job whose outcome was folded in (to settle once status is written).
+    The delivery itself happens outside the pass, in the outbox; a pass never waits for it.
+    """
+    run = _run_to_announce(spec, status)
+    if run is None or notifier is None or status.retraining is None:
+        return status, None
+    delivered = notifier.result(owner.namespace, owner.name, run.job)
+    if delivered is None:
+        assert spec.retraining is not None and spec.retraining.notify is not None
+        notifier.submit(notify.notification(spec.retraining.notify.url, owner.namespace, owner.name, run))
+        return status, None
+    last_run = run.model_copy(update={"notified": delivered})
+    return status.model_copy(update={"retraining": status.retraining.model_copy(update={"last_run": last_run})}), run.job
 
 
 def reconcile(
@@ -218,23 +234,31 @@ def reconcile(
     now: str,
     evaluations: Mapping[str, Evaluation] | None = None,
     monitoring_evaluations: Mapping[str, Evaluation] | None = None,
+    notifier: Notifier | None = None,
 ) -> Outcome:
-    """Brings one ModelDeployment's children and status to the desired state; writes nothing if already there."""
+    """Brings one ModelDeployment's children and status to the desired state; writes nothing if already there.
+
+    The status patch carries the body's ``resourceVersion``: when someone wrote the object since
+    it was read, the apiserver answers 409 and :class:`ApiError` propagates, so the caller
+    re-reads the object and runs the pass again.
+    """
     metadata = body["metadata"]
+    resource_version = metadata.get("resourceVersion")
     owner = Owner(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
     generation = _int(metadata.get("generation"))
     previous, unreadable = read_status(body)
     outcome = Outcome()
     if unreadable:
         problem = f"cannot read {'; '.join(unreadable)}: holding, nothing is written until status is fixed"
-        return _hold_unreadable(cluster, owner, previous, planning.unreadable_status(previous, problem, generation, now), outcome)
+        return _hold_unreadable(cluster, owner, previous, planning.unreadable_status(previous, problem, generation, now), outcome,
+                                resource_version)
     try:
         spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         # The CRD schema should have refused this; it happens only with an outdated CRD installed.
         status = _invalid_spec_status(previous, error, generation, now)
         if status != previous:
-            cluster.patch_status(owner.namespace, owner.name, status_document(status))
+            cluster.patch_status(owner.namespace, owner.name, status_document(status), resource_version=resource_version)
             outcome.status_written = True
         outcome.errors.append(status.message or "invalid spec")
         return outcome
@@ -244,9 +268,10 @@ def reconcile(
         owner, spec, previous, observed, generation, now,
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
+        action_order=server_order(metadata, requested_actions(metadata)),
     )
     if plan.unreadable:
-        return _hold_unreadable(cluster, owner, previous, plan.status, outcome)
+        return _hold_unreadable(cluster, owner, previous, plan.status, outcome, resource_version)
     previous_split = {} if previous.stable is None else {
         (m["kind"], m["metadata"]["name"]): m for m in planning.traffic_manifests(owner, spec, planning.previous_state(previous))}
     traffic_error = _apply_writes(cluster, owner, plan, observed, outcome, previous_split)
@@ -269,11 +294,12 @@ def reconcile(
             owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
             monitoring=plan.monitoring, retraining=plan.status.retraining,
         )
-    if plan.completed_run is not None and spec.retraining is not None and spec.retraining.notify is not None:
-        status = _with_notification(status, spec.retraining.notify.url, owner, plan.completed_run)
+    status, announced_job = _with_notification(status, spec, owner, notifier)
     if status != previous:
-        cluster.patch_status(owner.namespace, owner.name, status_document(status))
+        cluster.patch_status(owner.namespace, owner.name, status_document(status), resource_version=resource_version)
         outcome.status_written = True
+    if announced_job is not None and notifier is not None:
+        notifier.settle(owner.namespace, owner.name, announced_job)
     outcome.new_failure = bool(outcome.errors) and _degraded_message(status) != _degraded_message(previous)
     outcome.events = [] if traffic_error else plan.events
     outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
@@ -356,14 +382,15 @@ def _delete_stale(cluster: ClusterApi, owner: Owner, plan: planning.Plan, outcom
 
 
 def _hold_unreadable(
-    cluster: ClusterApi, owner: Owner, previous: ModelDeploymentStatus, status: ModelDeploymentStatus, outcome: Outcome
+    cluster: ClusterApi, owner: Owner, previous: ModelDeploymentStatus, status: ModelDeploymentStatus, outcome: Outcome,
+    resource_version: str | None,
 ) -> Outcome:
     """Fail closed on a status that cannot be trusted: no child is written, only phase, message and
     conditions (so the fields that could not be read are kept as they are), and one Warning event
     when the problem is new."""
     message = _degraded_message(status) or "status cannot be read"
     if status != previous:
-        cluster.patch_status(owner.namespace, owner.name, planning.partial_status_document(status))
+        cluster.patch_status(owner.namespace, owner.name, planning.partial_status_document(status), resource_version=resource_version)
         outcome.status_written = True
     if _degraded_message(previous) != message:
         outcome.events = [planning.Event("Warning", "StatusUnreadable", message)]

@@ -226,6 +226,9 @@ def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_a
             return run.get("outcome") == "Succeeded" and run.get("candidate") is not None
 
         bootstrap.wait_for("the candidate in status", recorded, timeout=60)
+        # The announcement leaves the pass (the notify outbox); a later pass records its outcome.
+        bootstrap.wait_for("the announcement's outcome in status",
+                           lambda: status()["retraining"]["lastRun"].get("notified") is not None, timeout=30)
         run = status()["retraining"]["lastRun"]
         assert run["candidate"] == candidate and run["notified"] is True
         assert [r["candidate"] for r in receiver.received] == [candidate]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+import modelops as modelops_package
 from modelops.devcluster import bootstrap
 from modelops.devcluster.cluster import ClusterState
 from tests.cluster.conftest import Kubectl, Operator
@@ -299,7 +301,9 @@ def test_an_operator_killed_mid_rollout_resumes_at_the_same_step(rollout: Rollou
 
 
 def modelops(kubectl: Kubectl, *args: str) -> subprocess.CompletedProcess[str]:
-    environment = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    """The CLI of the code under test (PYTHONPATH: this checkout's package, not whichever one is installed)."""
+    source = str(Path(modelops_package.__file__).resolve().parents[1])
+    environment = {"KUBECONFIG": str(kubectl.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": source}
     return subprocess.run([sys.executable, "-m", "modelops.cli", *args], capture_output=True, text=True, timeout=60,
                           env=environment, check=True)
 

@@ -5,6 +5,10 @@ with the pod's ``namespace`` and ``pod`` labels). Counters grow with time at the
 request rate, so ``rate()`` and ``increase()`` behave as they do for a real server; every
 request of the current behaviour lands in the first histogram bucket at or above
 ``latency_seconds``.
+
+With ``drift_score`` set it also serves the drift gauges of one feature (``a``): the score, the
+window size, ``mlmon_drift_interval_seconds`` and ``mlmon_last_run_timestamp_seconds``, which
+follows the wall clock until ``freeze_drift()`` stops it, as a server whose drift loop died.
 """
 
 import http.server
@@ -23,6 +27,9 @@ class Behaviour:
     requests_per_second: float = 50.0
     latency_seconds: float = 0.07  # p99 reads about 0.1 (the 0.05-0.1 bucket)
     error_ratio: float = 0.0
+    drift_score: float | None = None  # None: no drift gauges at all
+    drift_window_samples: float = 1000.0
+    drift_interval_seconds: float = 2.0
 
 
 @dataclass
@@ -36,7 +43,34 @@ class VersionMetrics:
     buckets: dict[float, float] = field(default_factory=lambda: {le: 0.0 for le in BUCKETS})
     duration_sum: float = 0.0
     updated: float = field(default_factory=time.monotonic)
+    drift_frozen_at: float | None = None  # wall-clock time the drift loop "stopped" (None: it runs)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def freeze_drift(self) -> None:
+        """From now on the last-run timestamp stays where it is (the score keeps being served)."""
+        with self.lock:
+            self.drift_frozen_at = time.time()
+
+    def thaw_drift(self) -> None:
+        with self.lock:
+            self.drift_frozen_at = None
+
+    def _drift_lines(self) -> list[str]:
+        behaviour = self.behaviour
+        if behaviour.drift_score is None:
+            return []
+        model = f'model="{self.model}",version="{self.version}"'
+        last_run = self.drift_frozen_at if self.drift_frozen_at is not None else time.time()
+        return [
+            "# TYPE mlmon_feature_drift_score gauge",
+            f'mlmon_feature_drift_score{{{model},feature="a",method="psi"}} {behaviour.drift_score}',
+            "# TYPE mlmon_window_samples gauge",
+            f'mlmon_window_samples{{{model},window="current"}} {behaviour.drift_window_samples}',
+            "# TYPE mlmon_last_run_timestamp_seconds gauge",
+            f"mlmon_last_run_timestamp_seconds{{{model}}} {last_run:.3f}",
+            "# TYPE mlmon_drift_interval_seconds gauge",
+            f"mlmon_drift_interval_seconds{{{model}}} {behaviour.drift_interval_seconds}",
+        ]
 
     def _advance(self) -> None:
         now = time.monotonic()
@@ -73,6 +107,7 @@ class VersionMetrics:
                 f"mlserve_request_duration_seconds_sum{{{labels}}} {self.duration_sum:.6f}",
                 f"mlserve_request_duration_seconds_count{{{labels}}} {self.requests:.6f}",
             ]
+            lines += self._drift_lines()
             return "\n".join(lines) + "\n"
 
 

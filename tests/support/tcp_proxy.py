@@ -33,6 +33,12 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             connections, self._connections = self._connections, []
         if listener is not None:
+            try:
+                # Wakes the thread blocked in accept() and stops listening now; close() alone leaves the
+                # socket listening until accept() returns, so clients would hang instead of being refused.
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         for connection in connections:
             try:

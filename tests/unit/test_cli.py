@@ -4,6 +4,7 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from modelops.cli import main
@@ -61,3 +62,26 @@ def test_up_rejects_an_out_of_range_port_as_usage_error() -> None:
     result = CliRunner().invoke(main, ["devcluster", "up", "--apiserver-port", "70000"])
     assert result.exit_code == 2
     assert "--apiserver-port" in result.output
+
+
+def test_an_action_is_patched_under_its_own_field_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The apiserver then records when it received each action (managedFields), whatever the client's clock."""
+    from kubernetes import client, config
+
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    class Recording:
+        def patch_namespaced_custom_object(self, *args: object, **kwargs: object) -> None:
+            calls.append((args, kwargs))
+
+    monkeypatch.setattr(config, "load_kube_config", lambda *a, **k: None)
+    monkeypatch.setattr(config, "list_kube_config_contexts", lambda *a, **k: ([], {"context": {"namespace": "ml"}}))
+    monkeypatch.setattr(client, "CustomObjectsApi", Recording)
+    result = CliRunner().invoke(main, ["resume", "fraud"])
+    assert result.exit_code == 0, result.output
+    [(args, kwargs)] = calls
+    assert args[2:5] == ("ml", "modeldeployments", "fraud")
+    assert kwargs["field_manager"] == "modelops-action-resume"
+    assert kwargs["_content_type"] == "application/merge-patch+json"
+    [(key, value)] = args[5]["metadata"]["annotations"].items()  # type: ignore[index]
+    assert key == "modelops.dev/action.resume" and value.endswith("Z") and "." in value

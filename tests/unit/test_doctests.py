@@ -7,6 +7,8 @@ import pytest
 
 MODULES = [
     "modelops.api.v1alpha1",
+    "modelops.api.timestamps",
+    "modelops.planning.actions",
     "modelops.planning.analysis",
     "modelops.planning.compare",
     "modelops.planning.names",

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from modelops.api.timestamps import Timestamp
+
 GROUP = "modelops.dev"
 VERSION = "v1alpha1"
 KIND = "ModelDeployment"
@@ -650,7 +652,7 @@ class Condition(StatusModel):
     message: str = Field(default="", max_length=32768)
     """A human-readable explanation."""
 
-    last_transition_time: str = Field(max_length=64)
+    last_transition_time: Timestamp = Field(max_length=64)
     """When status last changed."""
 
     observed_generation: int | None = None
@@ -685,7 +687,7 @@ class HistoryEntry(StatusModel):
     outcome: Outcome
     """Promoted, RolledBack, Superseded or Aborted."""
 
-    at: str = Field(max_length=64)
+    at: Timestamp = Field(max_length=64)
     """When (RFC 3339)."""
 
     reason: str = Field(default="", max_length=1024)
@@ -698,7 +700,7 @@ Verdict = Literal["Pass", "Fail", "NoData", "Error"]
 class Measurement(StatusModel):
     """One evaluation of a check."""
 
-    at: str = Field(max_length=64)
+    at: Timestamp = Field(max_length=64)
     """When (RFC 3339)."""
 
     value: float | None = None
@@ -735,7 +737,7 @@ class CheckStatus(StatusModel):
     reason: str = Field(default="", max_length=512)
     """Why, for NoData and Error."""
 
-    at: str | None = Field(default=None, max_length=64)
+    at: Timestamp | None = Field(default=None, max_length=64)
     """When it was last evaluated."""
 
     passed_in_step: bool = False
@@ -754,7 +756,7 @@ class RolloutStatus(StatusModel):
     step: int = 0
     """Index of the current step in spec.rollout.steps."""
 
-    step_started_at: str = Field(max_length=64)
+    step_started_at: Timestamp = Field(max_length=64)
     """When the current step started."""
 
     weight: int = Field(default=0, ge=0, le=100)
@@ -766,14 +768,14 @@ class RolloutStatus(StatusModel):
     consecutive_errors: int = 0
     """Query errors in a row."""
 
-    last_progress_at: str = Field(max_length=64)
+    last_progress_at: Timestamp = Field(max_length=64)
     """When the rollout last moved forward (the progress deadline counts from here, minus time held)."""
 
-    held_since: str | None = Field(default=None, max_length=64)
+    held_since: Timestamp | None = Field(default=None, max_length=64)
     """Since when the progress-deadline clock is stopped (a pause, a manual gate, or a hold that is not the
     canary's doing); absent while it runs."""
 
-    next_analysis_at: str | None = Field(default=None, max_length=64)
+    next_analysis_at: Timestamp | None = Field(default=None, max_length=64)
     """When the checks run next."""
 
     paused_by_user: bool = False
@@ -793,7 +795,7 @@ class BlockedRevision(StatusModel):
     reason: str = Field(max_length=1024)
     """Why it was rolled back."""
 
-    at: str = Field(max_length=64)
+    at: Timestamp = Field(max_length=64)
     """When."""
 
 
@@ -806,7 +808,7 @@ class PreviousStable(StatusModel):
     deployment: str = Field(max_length=63)
     """Its Deployment."""
 
-    scale_down_at: str = Field(max_length=64)
+    scale_down_at: Timestamp = Field(max_length=64)
     """When it is removed."""
 
 
@@ -836,13 +838,13 @@ class MonitorStatus(StatusModel):
     reason: str = Field(default="", max_length=512)
     """Why, for Fail, NoData and Error."""
 
-    at: str | None = Field(default=None, max_length=64)
+    at: Timestamp | None = Field(default=None, max_length=64)
     """When it was last evaluated."""
 
-    breaching_since: str | None = Field(default=None, max_length=64)
+    breaching_since: Timestamp | None = Field(default=None, max_length=64)
     """When the current run of failures began."""
 
-    alerted_at: str | None = Field(default=None, max_length=64)
+    alerted_at: Timestamp | None = Field(default=None, max_length=64)
     """When this breach's alert was raised (an alert fires once per breach)."""
 
 
@@ -852,7 +854,7 @@ class MonitoringStatus(StatusModel):
     version: str = Field(default="", max_length=63)
     """The version these results are for."""
 
-    next_evaluation_at: str | None = Field(default=None, max_length=64)
+    next_evaluation_at: Timestamp | None = Field(default=None, max_length=64)
     """When the checks run next."""
 
     checks: list[MonitorStatus] = Field(default_factory=list, max_length=10)
@@ -884,10 +886,10 @@ class RetrainingRun(StatusModel):
     trigger: str = Field(max_length=512)
     """What started it."""
 
-    started_at: str = Field(max_length=64)
+    started_at: Timestamp = Field(max_length=64)
     """When the Job was created."""
 
-    finished_at: str | None = Field(default=None, max_length=64)
+    finished_at: Timestamp | None = Field(default=None, max_length=64)
     """When it ended."""
 
     outcome: Literal["Running", "Succeeded", "Failed"] = "Running"
@@ -909,7 +911,7 @@ class RetrainingStatus(StatusModel):
     runs: int = 0
     """How many runs were started."""
 
-    cooldown_until: str | None = Field(default=None, max_length=64)
+    cooldown_until: Timestamp | None = Field(default=None, max_length=64)
     """No new run starts before this time."""
 
     last_run: RetrainingRun | None = None

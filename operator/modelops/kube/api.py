@@ -5,16 +5,20 @@
 renders), delete one, and patch the ModelDeployment's status subresource.
 ``KubernetesClusterApi`` implements it with the official client; every call has a
 timeout, and API errors become :class:`ApiError` with the status code and the
-apiserver's message.
+apiserver's message. Transport failures (connection refused or reset, read timeouts,
+urllib3's ``MaxRetryError``) become ``ApiError`` with status 0, so callers handle one
+exception type; :attr:`ApiError.transient` says whether trying again later can help.
 """
 
 import datetime
+import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -22,6 +26,7 @@ from modelops.api import v1alpha1
 from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 
 REQUEST_TIMEOUT_SECONDS = 15
+LIST_PAGE_SIZE = 500
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,35 @@ class ApiError(Exception):
         super().__init__(f"{status}: {message}" if status else message)
         self.status = status
         self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Unreachable (0), conflict (409), throttled (429) or a server error (5xx): worth another pass soon."""
+        return self.status in (0, 409, 429) or self.status >= 500
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _transport_error(error: Exception) -> ApiError:
+    """One short line for a transport failure: the innermost cause (MaxRetryError wraps it), never a traceback."""
+    cause = getattr(error, "reason", None) or error
+    detail = str(cause).splitlines()[0] if str(cause) else ""
+    return ApiError(0, f"apiserver unreachable: {type(cause).__name__}{': ' + detail[:200] if detail else ''}")
+
+
+def _transport_errors_as_api_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Connection refused/reset, timeouts and retries given up become ``ApiError(0, ...)``."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise _transport_error(error) from error
+
+    return wrapper
 
 
 def _error(error: ApiException) -> ApiError:
@@ -68,11 +102,13 @@ class ClusterApi(Protocol):
 
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None: ...
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None) -> None: ...
 
     def termination_message(self, namespace: str, job: str) -> str | None: ...
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+    def list_modeldeployments(self, namespaces: Sequence[str] = ()) -> set[tuple[str, str]]: ...
 
 
 class KubernetesClusterApi:
@@ -86,6 +122,7 @@ class KubernetesClusterApi:
         self._custom = client.CustomObjectsApi(api_client)
         self._batch = client.BatchV1Api(api_client)
 
+    @_transport_errors_as_api_errors
     def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ModelDeployment as stored now (None when it is gone)."""
         try:
@@ -100,6 +137,7 @@ class KubernetesClusterApi:
                 return None
             raise _error(error) from error
 
+    @_transport_errors_as_api_errors
     def get_metric_template(self, name: str) -> str | None:
         """The query of ClusterMetricTemplate ``name`` (None when there is none)."""
         try:
@@ -159,6 +197,7 @@ class KubernetesClusterApi:
             ),
         }
 
+    @_transport_errors_as_api_errors
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
         """Children labelled for ``owner`` and controlled by its uid (a copied label alone is not enough)."""
         selector = f"{LABEL_DEPLOYMENT}={owner},{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -179,6 +218,7 @@ class KubernetesClusterApi:
             ]
         return result
 
+    @_transport_errors_as_api_errors
     def termination_message(self, namespace: str, job: str) -> str | None:
         """The termination message of the Job's most recent pod that wrote one (None: none yet)."""
         try:
@@ -195,6 +235,7 @@ class KubernetesClusterApi:
                     messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
         return max(messages, key=lambda item: str(item[0]))[1] if messages else None
 
+    @_transport_errors_as_api_errors
     def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:
         """Server-side apply under ``field_manager``, forced. Kinds without patch are created; an existing one is kept."""
         operations, metadata = self._kinds()[manifest["kind"]], manifest["metadata"]
@@ -217,6 +258,7 @@ class KubernetesClusterApi:
                 return
             raise _error(error) from error
 
+    @_transport_errors_as_api_errors
     def owner_uids(self, namespace: str, kind: str, name: str) -> list[str] | None:
         """Controller uids of an existing object (None when there is no such object)."""
         try:
@@ -228,6 +270,7 @@ class KubernetesClusterApi:
         references = found.get("metadata", {}).get("ownerReferences") or []
         return [reference["uid"] for reference in references if reference.get("controller")]
 
+    @_transport_errors_as_api_errors
     def delete(self, namespace: str, kind: str, name: str) -> None:
         try:
             self._kinds()[kind].delete(name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_SECONDS)
@@ -235,7 +278,13 @@ class KubernetesClusterApi:
             if error.status != 404:
                 raise _error(error) from error
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    @_transport_errors_as_api_errors
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None) -> None:
+        """A merge patch of the status subresource. With ``resource_version`` it is conditional: the
+        apiserver answers 409 when someone wrote the object since that version was read."""
+        patch: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
         try:
             self._custom.patch_namespaced_custom_object_status(
                 v1alpha1.GROUP,
@@ -243,7 +292,7 @@ class KubernetesClusterApi:
                 namespace,
                 v1alpha1.PLURAL,
                 name,
-                {"status": dict(status)},
+                patch,
                 _content_type="application/merge-patch+json",
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
@@ -278,6 +327,40 @@ class KubernetesClusterApi:
             self._core.create_namespaced_event(metadata["namespace"], event, _request_timeout=REQUEST_TIMEOUT_SECONDS)
         except ApiException as error:
             log.warning("could not post event %s on %s/%s: %s", reason, metadata["namespace"], metadata["name"], _error(error))
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            log.warning("could not post event %s on %s/%s: %s", reason, metadata["namespace"], metadata["name"], _transport_error(error))
+
+    @_transport_errors_as_api_errors
+    def list_modeldeployments(self, namespaces: Sequence[str] = ()) -> set[tuple[str, str]]:
+        """(namespace, name) of every ModelDeployment not being deleted, in ``namespaces`` (all when empty).
+
+        Read in pages of ``LIST_PAGE_SIZE``: the periodic pass compares it with the objects the
+        watch announced, to forget those whose DELETED event was missed across a relist.
+        """
+        live: set[tuple[str, str]] = set()
+        for namespace in namespaces or (None,):
+            token: str | None = None
+            while True:
+                page = self._list_modeldeployment_page(namespace, token)
+                for item in page.get("items") or []:
+                    metadata = item.get("metadata") or {}
+                    if not metadata.get("deletionTimestamp"):
+                        live.add((metadata.get("namespace", ""), metadata.get("name", "")))
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return live
+
+    def _list_modeldeployment_page(self, namespace: str | None, token: str | None) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "_request_timeout": REQUEST_TIMEOUT_SECONDS}
+        if token:
+            arguments["_continue"] = token
+        try:
+            if namespace is None:
+                return dict(self._custom.list_cluster_custom_object(v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL, **arguments))
+            return dict(self._custom.list_namespaced_custom_object(v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, **arguments))
+        except ApiException as error:
+            raise _error(error) from error
 
 
 def _controlled_by(item: Mapping[str, Any], owner_uid: str) -> bool:

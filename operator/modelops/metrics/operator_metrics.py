@@ -21,9 +21,40 @@ analysis_tick_queries = Gauge("modelops_analysis_tick_queries", "Prometheus quer
 analysis_tick_canaries = Gauge("modelops_analysis_tick_canaries", "Canaries evaluated by the last analysis tick.")
 periodic_pass_seconds = Gauge("modelops_periodic_pass_seconds", "Duration of the last periodic pass over every ModelDeployment.")
 periodic_pass_objects = Gauge("modelops_periodic_pass_objects", "ModelDeployments the last periodic pass reconciled.")
+tracked_modeldeployments = Gauge(
+    "modelops_tracked_modeldeployments", "ModelDeployments the operator keeps in memory (watched, not deleted)."
+)
+pass_retries = Counter(
+    "modelops_pass_retries_total", "Passes scheduled again after a transient apiserver error (unreachable, 409, 429, 5xx)."
+)
+passes_skipped = Counter(
+    "modelops_passes_skipped_total", "Passes skipped because another pass held the object's lock past the wait limit."
+)
+notifications = Counter(
+    "modelops_notifications_total", "Retraining candidate notifications by outcome.", ("result",)
+)
+notify_queued = Gauge("modelops_notify_queued", "Notifications waiting in the outbox.")
 for _result in ("ok", "error"):  # every result series exists from the start, at 0
     reconcile_passes.labels(_result)
     prometheus_queries.labels(_result)
+for _result in ("delivered", "failed", "dropped"):
+    notifications.labels(_result)
+
+PER_OBJECT = (canary_weight, analysis_checks, promotions, rollbacks)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Removes every series labelled with this ModelDeployment (it is gone: its series must not live on)."""
+    for collector in PER_OBJECT:
+        # prometheus_client keeps a labelled metric's children in ``_metrics``, keyed by label values,
+        # guarded by ``_lock`` (which ``labels()`` and ``remove()`` take too).
+        with collector._lock:
+            labelled = [values for values in collector._metrics if values[:2] == (namespace, name)]
+        for values in labelled:
+            try:
+                collector.remove(*values)
+            except KeyError:
+                pass  # removed meanwhile by another thread
 
 
 def serve(port: int, address: str) -> None:

@@ -13,6 +13,10 @@ Verdicts:
 - **Pass**: enough samples, and the value (or its ratio to stable) within bounds.
 - **Fail**: enough samples, and a bound crossed.
 - **NoData**: no series, NaN or Inf, or fewer samples than ``minSampleCount``. Never a pass.
+  A gauge the model server computes on its own schedule (the drift score) also needs to be
+  fresh: a series whose ``mlmon_last_run_timestamp_seconds`` is older than
+  ``FRESHNESS_INTERVALS`` of that server's ``mlmon_drift_interval_seconds`` is left out of
+  the result, so a stopped or crashing drift loop reads NoData, not its last score.
 - **Error**: the query itself failed (Prometheus down, timeout, bad answer). Never a pass.
 
 Label values that come from users (a feature or attribute name) are emitted only as
@@ -29,6 +33,7 @@ from modelops.api.v1alpha1 import Check, Verdict, duration_seconds
 
 SeriesKey = tuple[str, str, str]  # (namespace, model, version)
 GROUPING = "namespace, model, version"
+FRESHNESS_INTERVALS = 3  # a drift score older than this many of its server's evaluation intervals is NoData
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,23 @@ def scope_matchers(keys: Iterable[tuple[str, str]]) -> str:
     return "".join(f', {label}=~"{"|".join(values)}"' for label, values in matchers)
 
 
+def fresh_drift(scope: str = "") -> str:
+    """The series of model server processes whose drift loop ran within ``FRESHNESS_INTERVALS`` of its interval.
+
+    Joined with ``and ignoring(<the gauge's own labels>)`` to a gauge the same process
+    exports, it keeps each process's series only while that process's drift loop is fresh,
+    before any aggregation: a stale replica cannot lend its old score to a version whose other
+    replicas are fresh. A server that exports no ``mlmon_drift_interval_seconds`` has no fresh
+    series at all (its checks read NoData: the interval is part of the metrics contract).
+    ``time()`` is Prometheus's evaluation time, so no clock of the operator is involved.
+
+    >>> print(fresh_drift(', namespace=~"ml"'))
+    (time() - mlmon_last_run_timestamp_seconds{namespace=~"ml"} < 3 * mlmon_drift_interval_seconds{namespace=~"ml"})
+    """
+    matchers = f"{{{scope.removeprefix(', ')}}}" if scope else ""
+    return f"(time() - mlmon_last_run_timestamp_seconds{matchers} < {FRESHNESS_INTERVALS} * mlmon_drift_interval_seconds{matchers})"
+
+
 def value_query(check: Check, scope: str = "") -> str:
     """The PromQL for the check's value, grouped by namespace, model and version.
 
@@ -124,7 +146,8 @@ def value_query(check: Check, scope: str = "") -> str:
         return f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
     if check.type == "featureDrift":
         feature = f", feature={escape_label_value(check.feature)}" if check.feature else ""
-        return f'max by ({GROUPING}) (mlmon_feature_drift_score{{method="psi"{feature}{scope}}})'
+        scores = f'mlmon_feature_drift_score{{method="psi"{feature}{scope}}}'
+        return f"max by ({GROUPING}) ({scores} and ignoring(feature, method) {fresh_drift(scope)})"
     if check.type == "fairnessGap":
         assert check.attribute is not None  # guaranteed by the CRD's CEL rule
         attribute = escape_label_value(check.attribute)
@@ -144,7 +167,8 @@ def sample_query(check: Check, scope: str = "") -> str | None:
     if check.type in ("latencyP99", "errorRate", "requestRate"):
         return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
     if check.type == "featureDrift":
-        return f'min by ({GROUPING}) (mlmon_window_samples{{window="current"{scope}}})'
+        samples = f'mlmon_window_samples{{window="current"{scope}}}'
+        return f"min by ({GROUPING}) ({samples} and ignoring(window) {fresh_drift(scope)})"
     if check.type == "fairnessGap":
         assert check.attribute is not None
         attribute = escape_label_value(check.attribute)
@@ -185,6 +209,15 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def _missing_value_reason(check: Check, version: str) -> str:
+    if check.type == "featureDrift":
+        return (
+            f"no fresh drift score for version {version}: none exported, or its last run"
+            f" (mlmon_last_run_timestamp_seconds) is older than {FRESHNESS_INTERVALS} drift intervals"
+        )
+    return f"no value for version {version}: is it receiving traffic?"
+
+
 def evaluate(
     check: Check,
     canary: SeriesKey,
@@ -198,7 +231,7 @@ def evaluate(
             return Evaluation("Error", reason=result.error)
     value = values.values.get(canary)
     if not _finite(value):
-        return Evaluation("NoData", reason=f"no value for version {canary[2]}: is it receiving traffic?")
+        return Evaluation("NoData", reason=_missing_value_reason(check, canary[2]))
     if samples is not None:
         count = samples.values.get(canary)
         if not _finite(count) or count < check.min_sample_count:  # type: ignore[operator]

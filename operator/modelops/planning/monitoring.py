@@ -35,6 +35,7 @@ from modelops.api.v1alpha1 import (
     VersionStatus,
     duration_seconds,
 )
+from modelops.api.timestamps import canonical_or
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner, common_labels
 from modelops.planning.rollout import Event, _after, _elapsed
@@ -135,7 +136,6 @@ class ObservedJob:
 class RetrainingDecision:
     status: RetrainingStatus | None
     create: dict[str, Any] | None = None
-    completed: RetrainingRun | None = None  # a run that just finished with a candidate: notify
     events: tuple[Event, ...] = ()
     needs_message: str | None = None  # a finished Job whose termination message should be read
     cooling_down: bool = False
@@ -143,7 +143,7 @@ class RetrainingDecision:
 
 def _message_overdue(job: ObservedJob, now: str) -> bool:
     """A Job finished long ago and still no pod shows a termination message: stop waiting for one."""
-    return job.finished_at is not None and _elapsed(job.finished_at, now) >= TERMINATION_MESSAGE_GRACE_SECONDS
+    return job.finished_at is not None and _elapsed(canonical_or(job.finished_at, now), now) >= TERMINATION_MESSAGE_GRACE_SECONDS
 
 
 def job_name(owner: Owner, run: int) -> str:
@@ -216,17 +216,17 @@ def decide_retraining(
             run = run.model_copy(update={"outcome": "Failed", "finished_at": now, "reason": f"Job {run.job} disappeared"})
             events.append(Event("Warning", "RetrainingFailed", run.reason))
         elif job.failed:
-            run = run.model_copy(update={"outcome": "Failed", "finished_at": job.finished_at or now, "reason": job.reason[:1024]})
+            run = run.model_copy(update={"outcome": "Failed", "finished_at": canonical_or(job.finished_at, now), "reason": job.reason[:1024]})
             events.append(Event("Warning", "RetrainingFailed", f"{run.job} failed: {job.reason}; next attempt after the cooldown"))
         elif job.succeeded:
             if job.termination_message is None and not _message_overdue(job, now):
                 return RetrainingDecision(current, needs_message=job.name)
             candidate, problem = parse_candidate(job.termination_message)
-            run = run.model_copy(update={"outcome": "Succeeded", "finished_at": job.finished_at or now, "candidate": candidate, "reason": problem})
+            run = run.model_copy(update={"outcome": "Succeeded", "finished_at": canonical_or(job.finished_at, now), "candidate": candidate, "reason": problem})
             message = f"{run.job} produced candidate {candidate.version} ({candidate.uri})" if candidate else f"{run.job}: {problem}"
             events.append(Event("Normal" if candidate else "Warning", "RetrainingSucceeded", message))
             current = current.model_copy(update={"last_run": run})
-            return RetrainingDecision(current, completed=run if candidate else None, events=tuple(events))
+            return RetrainingDecision(current, events=tuple(events))
         current = current.model_copy(update={"last_run": run})
         if run.outcome == "Running":
             return RetrainingDecision(current, cooling_down=trigger is not None)

@@ -28,7 +28,6 @@ from modelops.api.v1alpha1 import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
-    RetrainingRun,
     RetrainingStatus,
     Track,
     VersionStatus,
@@ -154,7 +153,6 @@ class Plan:
     state: RolloutState
     changing: frozenset[str] = frozenset()
     monitoring: MonitoringOutcome | None = None
-    completed_run: RetrainingRun | None = None  # a retraining run that just produced a candidate (to announce)
     unreadable: bool = False  # holding on a status it cannot trust: write only ``partial_status_document(status)``
 
 
@@ -603,7 +601,6 @@ def plan(
         state=state,
         changing=changing,
         monitoring=monitored,
-        completed_run=retraining.completed,
     )
 
 
@@ -637,11 +634,11 @@ def lost_stable(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, observ
     """
     if status.stable is not None:
         return ""
-    blocked = status.blocked_revision
-    if blocked is not None and blocked.version == spec.model.version:
-        return f"status.stable is missing and the spec names the blocked {blocked.version}: writing nothing until status.stable is restored"
     remembered = {entry.version for entry in status.history} | ({status.rollout.revision} if status.rollout else set())
     others = sorted((observed.released_versions() | remembered) - {spec.model.version, ""})
+    blocked = status.blocked_revision
+    if not others and blocked is not None and blocked.version == spec.model.version:
+        return f"status.stable is missing and the spec names the blocked {blocked.version}: writing nothing until status.stable is restored"
     if not others:
         return ""
     return (f"status.stable is missing, but versions {', '.join(others[:5])} have children, records or history: "

@@ -47,6 +47,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modelops.api.timestamps import format_timestamp as format_time
+from modelops.api.timestamps import parse_timestamp as parse_time
 from modelops.api.v1alpha1 import (
     BlockedRevision,
     CheckStatus,
@@ -60,9 +62,9 @@ from modelops.api.v1alpha1 import (
     RolloutStatus,
     duration_seconds,
 )
+from modelops.planning.actions import ACTIONS
 from modelops.planning.analysis import Evaluation, threshold_text, value_query
 
-ACTIONS = ("promote", "abort", "retry", "pause", "resume", "retrain")
 MEASUREMENTS_KEPT = 10
 
 
@@ -99,14 +101,6 @@ class RolloutState:
     hold_reason: str = ""  # why a live canary is not advancing ("" when it is, or there is none)
     metrics_unavailable: bool = False
     hold: Hold | None = None  # the outside reason given to advance, while it held a live canary
-
-
-def parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def format_time(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _after(start: str, seconds: float) -> str:
@@ -149,6 +143,7 @@ class _Run:
     handled: HandledActions
     events: list[Event] = field(default_factory=list)
     hold_reason: str = ""
+    at_manual_gate: bool = False
 
     def record(self, version: str, outcome: Outcome, reason: str) -> None:
         limit = self.spec.revision_history_limit
@@ -300,6 +295,7 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
                 waiting = f"paused at step {rollout.step} until `modelops promote` or `modelops resume`"
                 # A manual gate is a pause: the progress deadline does not run while a human decides.
                 run.rollout = rollout = _stopped_clock(rollout, run.now)
+                run.at_manual_gate = True
             elif _elapsed(rollout.step_started_at, run.now) < duration_seconds(step.pause.duration):
                 waiting = f"pausing {step.pause.duration} at step {rollout.step}"
         if waiting:
@@ -431,13 +427,14 @@ def advance(
         # A pause, or a hold that is not the canary's doing, stops the progress-deadline clock.
         run.rollout = _stopped_clock(run.rollout, now)
         return _state(run, canary=target, hold=hold)
-    run.rollout = _running_clock(run.rollout, now)
     if canary_ready:
         _advance_steps(run, stable_deployment, (full_size or serving).get(target, False))
         if run.rollout is None:
             return _state(run, canary=None)
     else:
         run.hold_reason = f"waiting for every replica of {target} to be Ready"
+    if not run.at_manual_gate:
+        run.rollout = _running_clock(run.rollout, now)
     if run.rollout is not None and run.rollout.held_since is None and _elapsed(run.rollout.last_progress_at, now) > duration_seconds(spec.rollout.progress_deadline):
         run.roll_back(f"no progress for {spec.rollout.progress_deadline}: {run.hold_reason or 'stalled'}")
         return _state(run, canary=_cooling_canary(run))

@@ -84,10 +84,20 @@ class ServerConfig:
             sensitive_attributes=attributes[:5],
             positive_class=environment.get("MODEL_POSITIVE_CLASS", "1"),
             monitoring=environment.get("MODELOPS_MONITORING", "on") != "off",
-            drift_interval_seconds=float(environment.get("MODELOPS_DRIFT_INTERVAL_SECONDS", "10")),
+            drift_interval_seconds=_positive_seconds("MODELOPS_DRIFT_INTERVAL_SECONDS", environment.get("MODELOPS_DRIFT_INTERVAL_SECONDS", "10")),
             drift_window=int(environment.get("MODELOPS_DRIFT_WINDOW", "2000")),
             drift_methods=_drift_methods(environment.get("MODELOPS_DRIFT_METHODS", "psi")),
         )
+
+
+def _positive_seconds(name: str, text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SystemExit(f"{name}: {text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _drift_methods(text: str) -> tuple[str, ...]:
@@ -118,7 +128,12 @@ class Metrics:
         self.drift = Gauge("mlmon_feature_drift_score", "Drift per feature; higher is more drift.", (*model, "feature", "method"), registry=r)
         self.window = Gauge("mlmon_window_samples", "Samples in the drift window.", (*model, "window"), registry=r)
         self.last_run = Gauge("mlmon_last_run_timestamp_seconds", "When drift was last evaluated.", model, registry=r)
+        self.drift_interval = Gauge(
+            "mlmon_drift_interval_seconds", "How often drift is evaluated; a score older than 3 intervals is stale.", model, registry=r
+        )
+        self.drift_errors = Counter("mlmon_drift_errors", "Drift evaluations that raised (the loop keeps running).", model, registry=r)
         self.labels = (config.model_name, config.model_version)
+        self.drift_errors.labels(*self.labels)  # exported at 0 from the start, so increase() counts the first error
 
 
 @dataclass
@@ -274,6 +289,23 @@ def evaluate_drift(state: ServerState, now: float) -> None:
                 gauge.labels(*labels, feature.name, method).set(value)
     state.metrics.window.labels(*labels, "current").set(min(sizes) if sizes else 0)
     state.metrics.last_run.labels(*labels).set(now)
+    state.metrics.drift_interval.labels(*labels).set(state.config.drift_interval_seconds)
+
+
+def evaluate_drift_safely(state: ServerState, now: float) -> bool:
+    """One run of the drift loop that never ends the loop: an exception is logged in one line and counted.
+
+    After a failed run ``mlmon_last_run_timestamp_seconds`` keeps its old value, so the scores
+    age; once older than 3 intervals the operator reads them as NoData (docs/metrics.md).
+    """
+    try:
+        evaluate_drift(state, now)
+    except Exception as error:  # noqa: BLE001 - any failure of one run must not stop the next
+        state.metrics.drift_errors.labels(*state.metrics.labels).inc()
+        log.warning("drift evaluation failed, scores not updated (%s: %s); next run in %gs",
+                    type(error).__name__, str(error)[:200], state.config.drift_interval_seconds)
+        return False
+    return True
 
 
 def build_app(state: ServerState) -> web.Application:
@@ -379,7 +411,7 @@ def build_app(state: ServerState) -> web.Application:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(config.drift_interval_seconds)
-                evaluate_drift(state, time.time())
+                evaluate_drift_safely(state, time.time())
 
         task = asyncio.get_running_loop().create_task(loop())
         yield

@@ -11,6 +11,7 @@ from modelops.planning.analysis import (
     evaluate,
     group_key,
     sample_query,
+    scope_matchers,
     threshold_text,
     value_query,
 )
@@ -68,6 +69,49 @@ def test_feature_and_attribute_are_matched_as_escaped_equals() -> None:
     assert 'feature="age"' in value_query(check(type="featureDrift", feature="age"))
     fairness = value_query(check(type="fairnessGap", attribute="sex", max=0.1))
     assert 'attribute="sex"' in fairness and "=~" not in fairness.replace('outcome=~', "")
+
+
+def test_a_drift_score_counts_only_while_its_servers_last_run_is_within_three_intervals() -> None:
+    """Freshness is joined per server process (every label but the gauge's own) before aggregating."""
+    fresh = "(time() - mlmon_last_run_timestamp_seconds < 3 * mlmon_drift_interval_seconds)"
+    assert value_query(check(type="featureDrift", feature="age")) == (
+        f'max by (namespace, model, version) (mlmon_feature_drift_score{{method="psi", feature="age"}} and ignoring(feature, method) {fresh})'
+    )
+    assert sample_query(check(type="featureDrift")) == (
+        f'min by (namespace, model, version) (mlmon_window_samples{{window="current"}} and ignoring(window) {fresh})'
+    )
+
+
+def test_drift_freshness_is_narrowed_to_the_same_scope_and_keeps_label_values_escaped() -> None:
+    scope = scope_matchers([("ml", "fraud"), ("ml", "churn")])
+    query = value_query(check(type="featureDrift", feature="a.b:c-d_1"), scope)
+    assert query == (
+        'max by (namespace, model, version) (mlmon_feature_drift_score{method="psi", feature="a.b:c-d_1", namespace=~"ml", model=~"churn|fraud"}'
+        ' and ignoring(feature, method) (time() - mlmon_last_run_timestamp_seconds{namespace=~"ml", model=~"churn|fraud"}'
+        ' < 3 * mlmon_drift_interval_seconds{namespace=~"ml", model=~"churn|fraud"}))'
+    )
+    assert query.count("(") == query.count(")")
+
+
+def test_one_drift_query_serves_every_canary_of_a_tick_and_a_stale_one_is_no_data() -> None:
+    from modelops.analysis_runner import CanaryUnderAnalysis, run_tick
+
+    drift = check(name="drift", type="featureDrift", max=0.2, minSampleCount=500)
+    canaries = [CanaryUnderAnalysis("ml", name, "1", "2", [drift]) for name in ("a", "b", "c")]
+    asked: list[str] = []
+
+    def query(promql: str) -> QueryResult:
+        asked.append(promql)
+        if promql.startswith("max"):  # a's score is fresh; b's went stale, so Prometheus left it out
+            return result({("ml", "a", "2"): 0.05})
+        return result({("ml", "a", "2"): 900, ("ml", "b", "2"): 900})
+
+    tick = run_tick(canaries, query)
+    assert len(asked) == 2 and all("mlmon_last_run_timestamp_seconds" in promql for promql in asked)
+    verdicts = {name: tick.evaluations[("ml", name)]["drift"] for name in ("a", "b", "c")}
+    assert verdicts["a"].verdict == "Pass"
+    assert verdicts["b"].verdict == verdicts["c"].verdict == "NoData"
+    assert "no fresh drift score for version 2" in verdicts["b"].reason and "3 drift intervals" in verdicts["b"].reason
 
 
 def test_checks_with_the_same_query_share_a_group() -> None:
@@ -200,7 +244,7 @@ def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
         "monitoring": {"checks": [{"name": "drift", "type": "featureDrift", "max": 0.2}]},
     }
     live = {"stable": {"version": "1", "deployment": "m-1"},
-            "rollout": {"revision": "2", "stepStartedAt": "t", "lastProgressAt": "t", "nextAnalysisAt": "2026-11-26T12:00:00Z",
+            "rollout": {"revision": "2", "stepStartedAt": "2026-11-26T11:00:00Z", "lastProgressAt": "2026-11-26T11:00:00Z", "nextAnalysisAt": "2026-11-26T12:00:00Z",
                         "checks": [{"name": "latency", "type": "latencyP99"}]}}
     bodies = {key: parse_watched(body) for key, body in {
         ("ml", "m"): {"spec": spec, "status": live}, ("ml", "broken"): {"spec": {"model": {}}, "status": {}},

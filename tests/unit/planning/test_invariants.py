@@ -163,11 +163,6 @@ class FaultyCluster(FakeCluster):
         if kind == "Deployment":
             self.ready.pop(name, None)
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """A JSON merge patch (RFC 7386), as the real client sends: null removes, objects merge."""
-        self.calls.append("patch status")
-        self.body["status"] = merge_patch(self.body.get("status") or {}, status)
-
     def receivers(self) -> dict[str, str]:
         """Version -> how it receives traffic now: selected by the entry Service with Ready pods, or a route weight."""
         found: dict[str, str] = {}
@@ -185,18 +180,6 @@ class FaultyCluster(FakeCluster):
             if weight > 0:
                 found.setdefault(version, f"route weight {weight} to {service}")
         return found
-
-
-def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(dict(target))
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge_patch(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def route_weights(route: Mapping[str, Any] | None) -> dict[str, int]:

@@ -122,11 +122,11 @@ def test_the_candidate_comes_from_the_termination_message() -> None:
     assert waiting.needs_message == "fraud-retrain-1" and waiting.status == started
     message = json.dumps({"version": "1.1", "uri": "s3://m/1.1/", "digest": "sha256:" + "b" * 64, "metrics": {"auc": 0.91}})
     done = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True, message=message), now=at(100))
-    assert done.completed is not None and done.completed.candidate is not None
-    assert (done.completed.candidate.version, done.completed.candidate.metrics) == ("1.1", {"auc": 0.91})
+    assert done.status is not None and done.status.last_run is not None and done.status.last_run.candidate is not None
+    assert (done.status.last_run.candidate.version, done.status.last_run.candidate.metrics) == ("1.1", {"auc": 0.91})
     assert [e.reason for e in done.events] == ["RetrainingSucceeded"]
     bad = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=job(succeeded=True, message="not json"), now=at(100))
-    assert bad.completed is None and bad.status is not None and bad.status.last_run is not None
+    assert bad.status is not None and bad.status.last_run is not None and bad.status.last_run.candidate is None
     assert bad.status.last_run.outcome == "Succeeded" and "not a candidate" in bad.status.last_run.reason
 
 
@@ -153,3 +153,26 @@ def test_an_alert_fires_once_per_breach() -> None:
         outcome, status = tick(status, at(second), verdict)
         fired.append(len(outcome.triggered))
     assert fired == [1, 0, 0, 0, 1]  # once for the first breach, once for the next
+
+
+def test_a_jobs_finish_time_in_the_clients_spelling_is_recorded_canonically() -> None:
+    """The kubernetes client renders a Job's lastTransitionTime with +00:00; status holds it with Z."""
+    started = decide_retraining(OWNER, spec(), None, trigger="drift", features=(), job=None, now=T0).status
+    finished = ObservedJob("fraud-retrain-1", succeeded=False, failed=True, reason="BackoffLimitExceeded",
+                           finished_at="2026-11-26T12:01:40+00:00")
+    failed = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=finished, now=at(120))
+    assert failed.status is not None and failed.status.last_run is not None
+    assert failed.status.last_run.finished_at == at(100)
+    unreadable = ObservedJob("fraud-retrain-1", succeeded=False, failed=True, finished_at="Tuesday")
+    failed = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=unreadable, now=at(120))
+    assert failed.status is not None and failed.status.last_run is not None and failed.status.last_run.finished_at == at(120)
+
+
+def test_a_naive_cooldown_in_status_is_read_as_utc_instead_of_raising_every_pass() -> None:
+    status = ModelDeploymentStatus.model_validate({"stable": {"version": "1.0", "deployment": "fraud-1-0"},
+                                                   "retraining": {"runs": 1, "cooldownUntil": "2026-11-26T13:00:00"}})
+    assert status.retraining is not None
+    cooling = decide_retraining(OWNER, spec(), status.retraining, trigger="drift", features=(), job=None, now=at(600))
+    assert cooling.cooling_down and cooling.create is None
+    later = decide_retraining(OWNER, spec(), status.retraining, trigger="drift", features=(), job=None, now=at(3600))
+    assert later.create is not None

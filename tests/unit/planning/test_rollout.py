@@ -251,3 +251,19 @@ def test_the_previous_stable_is_released_after_the_scale_down_delay() -> None:
     assert state.previous is not None
     state, _ = step(status, at(30), spec(steps=[], analysis={"checks": []}))
     assert state.previous is None
+
+
+@pytest.mark.parametrize(
+    ("order", "paused"),
+    [
+        (["pause", "resume"], False),  # the apiserver received resume last, whatever the values say
+        (["resume", "pause"], True),
+        ([], True),  # order unknown: the cautious action wins
+        (["resume"], True),  # pause's time unknown: the same
+    ],
+)
+def test_pause_and_resume_pending_together_follow_the_apiservers_order(order: list[str], paused: bool) -> None:
+    _, status = step(STABLE_ONLY, T0)
+    skewed = {"pause": "2030-01-01T00:00:00.000001Z", "resume": "2020-01-01T00:00:00.000001Z"}  # values sort the other way
+    state = advance(spec(), status, serving=READY, deployments=DEPLOYMENTS, now=at(5), requested_actions=skewed, action_order=order)
+    assert state.rollout is not None and state.rollout.paused_by_user is paused

@@ -1,5 +1,6 @@
 """Artifacts over HTTP, `modelops profile build`, and candidate notifications, against local servers."""
 
+import asyncio
 import hashlib
 import http.server
 import json
@@ -8,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -96,12 +98,20 @@ def test_profile_build_names_an_empty_cell(tmp_path: Path) -> None:
     assert "bad.csv:3: column age is empty" in result.output
 
 
+def _announce(url: str, run: RetrainingRun) -> bool:
+    async def deliver() -> bool:
+        async with httpx.AsyncClient() as client:
+            return await notify.deliver(client, notify.notification(url, "ml", "m", run), notify.DeliverySettings(backoff_seconds=0.01))
+
+    return asyncio.run(deliver())
+
+
 def test_a_candidate_is_announced_with_retries() -> None:
     receiver = Local(statuses=[503, 500, 202])
-    run = RetrainingRun(job="m-retrain-1", trigger="drift", started_at="t",
+    run = RetrainingRun(job="m-retrain-1", trigger="drift", started_at="2026-11-26T11:00:00Z",
                         candidate=Candidate(version="1.1", uri="s3://m/1.1/", metrics={"auc": 0.9}))
     try:
-        assert notify.post_candidate(f"{receiver.url}/hook", "ml", "m", run, backoff_seconds=0.01)
+        assert _announce(f"{receiver.url}/hook", run)
         assert len(receiver.posts) == 3
         body = json.loads(receiver.posts[-1])
         assert body["candidate"]["version"] == "1.1" and body["modelDeployment"] == {"namespace": "ml", "name": "m"}
@@ -109,6 +119,6 @@ def test_a_candidate_is_announced_with_retries() -> None:
         receiver.close()
     refusing = Local(statuses=[500, 500, 500])
     try:
-        assert not notify.post_candidate(f"{refusing.url}/hook", "ml", "m", run, backoff_seconds=0.01)
+        assert not _announce(f"{refusing.url}/hook", run)
     finally:
         refusing.close()

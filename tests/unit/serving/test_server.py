@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,79 @@ def test_drift_scores_appear_only_with_enough_samples_and_rise_with_a_shift(tmp_
         assert running.metrics()[("mlmon_last_run_timestamp_seconds", (("model", "fraud"), ("version", "2.0")))] == 3.0
     finally:
         running.close()
+
+
+def _profiled_config(tmp_path: Path, interval: float) -> ServerConfig:
+    rng = np.random.default_rng(0)
+    reference = {"a": [str(v) for v in rng.normal(0, 1, 3000)], "b": [str(v) for v in rng.normal(0, 1, 3000)]}
+    profile_path = tmp_path / "profile.json"
+    profile_path.write_text(json.dumps(build_profile(reference, bins=10).to_json()))
+    uri, digest = artifact(tmp_path)
+    return ServerConfig("fraud", "2.0", uri, digest, "custom", profile_uri=profile_path.as_uri(), drift_interval_seconds=interval)
+
+
+MODEL_LABELS = (("model", "fraud"), ("version", "2.0"))
+
+
+def test_a_failed_drift_run_is_counted_logged_in_one_line_and_leaves_the_last_run_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from modelops.serving import server as module
+
+    running = RunningServer(_profiled_config(tmp_path, interval=3600))
+    try:
+        infer(running, np.random.default_rng(0).normal(0, 1, (600, 2)).tolist())
+        assert module.evaluate_drift_safely(running.state, 100.0)
+        before = running.metrics()
+        assert before[("mlmon_drift_interval_seconds", MODEL_LABELS)] == 3600
+        assert before[("mlmon_drift_errors_total", MODEL_LABELS)] == 0  # exported from the start
+
+        def broken(*_: Any, **__: Any) -> float:
+            raise FloatingPointError("overflow in a bin")
+
+        monkeypatch.setattr(module, "score", broken)
+        caplog.clear()
+        assert not module.evaluate_drift_safely(running.state, 200.0)
+        after = running.metrics()
+        assert after[("mlmon_drift_errors_total", MODEL_LABELS)] == 1
+        assert after[("mlmon_last_run_timestamp_seconds", MODEL_LABELS)] == 100.0  # the scores now age
+        [record] = [r for r in caplog.records if r.name == "modelops.serve"]
+        assert "FloatingPointError: overflow in a bin" in record.getMessage() and "\n" not in record.getMessage()
+        assert record.exc_info is None
+    finally:
+        running.close()
+
+
+def test_the_drift_loop_keeps_running_after_exceptions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelops.serving import server as module
+
+    calls: list[float] = []
+
+    def failing_then_working(state: Any, now: float) -> None:
+        calls.append(now)
+        if len(calls) <= 3:
+            raise RuntimeError(f"run {len(calls)} failed")
+        state.metrics.last_run.labels(*state.metrics.labels).set(now)
+
+    monkeypatch.setattr(module, "evaluate_drift", failing_then_working)
+    running = RunningServer(_profiled_config(tmp_path, interval=0.01))
+    try:
+        deadline = time.monotonic() + 30
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        metrics = running.metrics()
+        assert metrics[("mlmon_drift_errors_total", MODEL_LABELS)] == 3
+        assert ("mlmon_last_run_timestamp_seconds", MODEL_LABELS) in metrics  # the fourth run, after three failures
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "nan", "inf", "ten"])
+def test_the_drift_interval_must_be_a_positive_number(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_URI": "file:///m", "MODELOPS_DRIFT_INTERVAL_SECONDS": text}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match="MODELOPS_DRIFT_INTERVAL_SECONDS"):
+        ServerConfig.from_environment()
 
 
 def test_a_scikit_learn_artifact_is_served(tmp_path: Path) -> None:
