@@ -246,12 +246,10 @@ class PlannerMachine(RuleBasedStateMachine):
             self.edit_spec({"model": {"version": stable.version, "uri": f"s3://models/m/{stable.version}/"}})
         self.run_pass()
 
-    @rule(image=st.sampled_from(IMAGES))
     def set_image(self, image: str) -> None:
         self.edit_spec({"runtime": {"image": image}})
         self.run_pass()
 
-    @rule(scaling=st.sampled_from(SCALINGS))
     def set_scaling(self, scaling: dict[str, int]) -> None:
         self.edit_spec({"scaling": scaling})
         self.run_pass()
@@ -263,22 +261,31 @@ class PlannerMachine(RuleBasedStateMachine):
         self.edit_rollout(steps=list(steps), analysis=analysis, skipAnalysis=skip)
         self.run_pass()
 
-    @rule(gateway=st.booleans())
     def set_router(self, gateway: bool) -> None:
         self.edit_rollout(router=GATEWAY if gateway else {"type": "replicas"})
         self.run_pass()
 
-    @rule(monitored=st.booleans())
     def set_monitoring(self, monitored: bool) -> None:
         self.edit_spec({"monitoring": MONITORING if monitored else None})
         if not monitored:
             self.spec_document.pop("monitoring")
         self.run_pass()
 
-    @rule(paused=st.booleans())
     def set_paused(self, paused: bool) -> None:
         self.edit_rollout(paused=paused)
         self.run_pass()
+
+    @rule(edit=st.one_of(
+        st.tuples(st.just("image"), st.sampled_from(IMAGES)),
+        st.tuples(st.just("scaling"), st.sampled_from(SCALINGS)),
+        st.tuples(st.just("router"), st.booleans()),  # gatewayAPI or replicas
+        st.tuples(st.just("monitoring"), st.booleans()),
+        st.tuples(st.just("paused"), st.booleans()),
+    ))
+    def edit_spec_field(self, edit: tuple[str, Any]) -> None:
+        """One rule for the spec edits besides version and rollout, so that they do not crowd out the rest."""
+        field, value = edit
+        getattr(self, f"set_{field}")(value)
 
     # ---- time, verdicts, actions --------------------------------------------------------------
 
@@ -298,14 +305,15 @@ class PlannerMachine(RuleBasedStateMachine):
             evaluations = {name: evaluation(verdict) for name, verdict in zip(names, verdicts, strict=False)}
         self.run_pass(evaluations=evaluations)
 
-    @rule(verdict=st.sampled_from(("Pass", "Pass", "Fail")))
-    def all_goes_well(self, verdict: str) -> None:
-        """30 s in which every pod becomes Ready and the checks that are due report ``verdict``: without
-        this rule a run rarely gets a canary through its steps."""
-        for kind, name in self.cluster.objects:
-            if kind == "Deployment":
-                self.cluster.ready[name] = self.cluster.objects[(kind, name)]["spec"].get("replicas", 1)
-        self.analysis_tick([verdict, "Pass"])
+    @rule(verdict=st.sampled_from(("Pass", "Pass", "Fail")), ticks=st.integers(1, 4))
+    def all_goes_well(self, verdict: str, ticks: int) -> None:
+        """``ticks`` times 30 s in which every pod becomes Ready and the checks that are due report
+        ``verdict`` (then Pass): without this rule a run rarely gets a canary through its steps."""
+        for tick in range(ticks):
+            for kind, name in self.cluster.objects:
+                if kind == "Deployment":
+                    self.cluster.ready[name] = self.cluster.objects[(kind, name)]["spec"].get("replicas", 1)
+            self.analysis_tick([verdict if tick == 0 else "Pass", "Pass"])
 
     @rule(verdict=st.sampled_from(("Pass", "Fail", "NoData")))
     def monitoring_tick(self, verdict: str) -> None:
@@ -332,14 +340,12 @@ class PlannerMachine(RuleBasedStateMachine):
             self.cluster.ready[name] = {"all": replicas, "none": 0, "all but one": max(0, replicas - 1)}[how]
         self.run_pass()
 
-    @rule(data=st.data())
     def delete_child(self, data: st.DataObject) -> None:
         if self.cluster.objects:
             key = data.draw(st.sampled_from(sorted(self.cluster.objects)))
             self.cluster.delete("ns", *key)
         self.run_pass()
 
-    @rule(edit=st.sampled_from(("image", "scale to 0", "unlabel")))
     def edit_stable_by_hand(self, edit: str) -> None:
         stable = self.status().stable
         deployment = self.cluster.objects.get(("Deployment", child_name(NAME, stable.version))) if stable else None
@@ -350,16 +356,14 @@ class PlannerMachine(RuleBasedStateMachine):
             elif edit == "scale to 0":
                 deployment["spec"]["replicas"] = 0
             else:
-                deployment["metadata"]["labels"].pop(LABEL_MANAGED_BY)
+                deployment["metadata"]["labels"].pop(LABEL_MANAGED_BY, None)
         self.run_pass()
 
-    @rule(fault=st.sampled_from((None, *WRITE_FAULTS)))
     def set_write_fault(self, fault: str | None) -> None:
         """At most one kind of write fails at a time (None: the faults clear)."""
         self.cluster.faults = {fault: WRITE_FAULTS[fault]} if fault else {}
         self.run_pass()
 
-    @rule(missing=st.booleans())
     def set_route_crd_missing(self, missing: bool) -> None:
         """Without the Gateway API CRD, routes are gone and applying one is a 404."""
         self.cluster.crd_missing = missing
@@ -367,7 +371,6 @@ class PlannerMachine(RuleBasedStateMachine):
             self.cluster.objects.pop(("HTTPRoute", NAME), None)
         self.run_pass()
 
-    @rule(refused=st.booleans())
     def gateway_judges_route(self, refused: bool) -> None:
         self.route_refused = refused
         route = self.cluster.objects.get(("HTTPRoute", NAME))
@@ -375,6 +378,25 @@ class PlannerMachine(RuleBasedStateMachine):
             condition = {"type": "Accepted", "status": "False" if refused else "True", "reason": "NotAllowedByListeners" if refused else "Accepted"}
             route["status"] = {"parents": [{"parentRef": {"name": "public"}, "conditions": [condition]}]}
         self.run_pass()
+
+    @rule(data=st.data(), edit=st.sampled_from(("delete a child", "image", "scale to 0", "unlabel")))
+    def edit_by_hand(self, data: st.DataObject, edit: str) -> None:
+        """Someone deletes any child, or edits the stable Deployment: its image, scale to 0, its managed-by label."""
+        if edit == "delete a child":
+            self.delete_child(data)
+        else:
+            self.edit_stable_by_hand(edit)
+
+    @rule(fault=st.one_of(
+        st.tuples(st.just("write_fault"), st.sampled_from((None, *WRITE_FAULTS))),
+        st.tuples(st.just("route_crd_missing"), st.booleans()),
+        st.tuples(st.just("gateway_judges_route"), st.booleans()),  # True: Accepted=False
+    ))
+    def change_faults(self, fault: tuple[str, Any]) -> None:
+        """Failed writes, the HTTPRoute CRD, a Gateway's verdict on the route: one rule for them all."""
+        which, value = fault
+        {"write_fault": self.set_write_fault, "route_crd_missing": self.set_route_crd_missing,
+         "gateway_judges_route": self.gateway_judges_route}[which](value)
 
     @rule(corruption=st.sampled_from(("metrics", "no stable")))
     def unreadable_status(self, corruption: str) -> None:
