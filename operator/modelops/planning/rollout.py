@@ -200,6 +200,19 @@ def _start(run: _Run, target: str) -> None:
     run.events.append(Event("Normal", "CanaryStarted", f"rolling out {target} beside {run.stable}"))
 
 
+def _follow_spec_checks(run: _Run) -> None:
+    """The live canary is judged by the checks the spec names now: one added mid-rollout has not
+    passed (so it gates the current step, and analysis becomes due), one removed no longer counts."""
+    rollout = run.rollout
+    assert rollout is not None
+    wanted = [check.name for check in run.spec.rollout.analysis.checks]
+    if [check.name for check in rollout.checks] == wanted:
+        return
+    known = {check.name: check for check in rollout.checks}
+    fresh = {check.name: check for check in _fresh_checks(run.spec)}
+    run.rollout = rollout.model_copy(update={"checks": [known.get(name) or fresh[name] for name in wanted]})
+
+
 def _apply_evaluations(run: _Run, evaluations: Mapping[str, Evaluation]) -> None:
     """Folds this tick's verdicts into the rollout: counters, per-check status, and maybe a rollback."""
     rollout = run.rollout
@@ -404,6 +417,7 @@ def advance(
 
     if run.rollout is None or run.rollout.revision != target:
         _start(run, target)
+    _follow_spec_checks(run)
     _handle_pause_actions(run, actions, action_order)
     stable_deployment = deployments.get(run.stable, "")
     if "abort" in actions:
