@@ -491,8 +491,7 @@ class PlannerMachine(RuleBasedStateMachine):
         if rollout.step >= len(steps) and steps:
             return  # every step completed earlier, each checked by check_step_transitions
         if steps:
-            assert rollout.step == len(steps) - 1, f"{new} promoted from step {rollout.step} of {len(steps)}"
-            self.assert_step_complete(spec, rollout, evaluations, actions, rollout.step)
+            self.assert_steps_complete(spec, rollout, evaluations, actions, len(steps))
         elif checks_gate(spec):
             missing = [c.name for c in spec.rollout.analysis.checks if not passed(c.name, rollout, evaluations)]
             assert not missing, f"{new} promoted blue/green without passing {missing}"
@@ -503,9 +502,16 @@ class PlannerMachine(RuleBasedStateMachine):
         if old is None or new is None or old.revision != new.revision or new.step <= old.step:
             return
         assert not (route_refused and spec.rollout.router.type == "gatewayAPI"), "a step completed while the Gateway refused the route"
-        self.assert_step_complete(spec, old, evaluations, actions, old.step)
-        for later in range(old.step + 1, new.step):
-            assert not checks_gate(spec), f"step {later} completed in the same pass as step {old.step}, without evidence of its own"
+        self.assert_steps_complete(spec, old, evaluations, actions, new.step)
+
+    def assert_steps_complete(self, spec: ModelDeploymentSpec, rollout: Any, evaluations: Mapping[str, Evaluation] | None,
+                              actions: set[str], end: int) -> None:
+        """Steps ``rollout.step`` to ``end`` (exclusive) completed in this pass: the first on the evidence
+        gathered in it, each later one with nothing to wait for (its checks and pause start now)."""
+        self.assert_step_complete(spec, rollout, evaluations, actions, rollout.step)
+        for later in range(rollout.step + 1, end):
+            assert not checks_gate(spec), f"step {later} completed in the same pass as step {rollout.step}, without evidence of its own"
+            assert spec.rollout.steps[later].pause is None, f"pause step {later} completed in the pass it began"
 
     def assert_step_complete(self, spec: ModelDeploymentSpec, rollout: Any, evaluations: Mapping[str, Evaluation] | None,
                              actions: set[str], index: int) -> None:
@@ -754,3 +760,19 @@ def test_a_promotion_the_route_cannot_follow_leaves_the_entry_service_on_the_sta
     assert "Service m" not in outcome.applied and "Service m (restored)" not in outcome.applied  # not moved: nothing to restore
     assert cluster.body["status"]["stable"]["version"] == "1.0"
     assert cluster.objects[("Service", NAME)]["spec"]["selector"][LABEL_MODEL_VERSION] == "1.0"
+
+
+def test_a_check_added_while_a_canary_runs_gates_it() -> None:
+    cluster = FaultyCluster({"metadata": {"name": NAME, "namespace": "ns", "uid": "u1", "generation": 1},
+                             "spec": document("1.0", (), ())})
+    converge(cluster, NOW)
+    cluster.body["spec"] = document("2.0", (), ())  # blue/green without checks
+    converge(cluster, NOW)
+    cluster.body["spec"] = document("2.0", (), ("latency",))  # a check is added before 2.0 is Ready
+    converge(cluster, NOW)
+    cluster.ready.update({"m-1-0": 2, "m-2-0": 2})
+    converge(cluster, seconds_after(NOW, 30))
+    status = read_status(cluster.body)[0]
+    assert status.stable is not None and status.stable.version == "1.0", "promoted without the latency check"
+    assert status.rollout is not None and [check.name for check in status.rollout.checks] == ["latency"]
+    assert analysis_due(status, seconds_after(NOW, 30))
