@@ -354,7 +354,9 @@ def _resume_indefinite_pause(run: _Run, actions: Mapping[str, str]) -> None:
     if "resume" in actions and rollout.step < len(steps):
         step = steps[rollout.step]
         if step.pause is not None and step.pause.duration is None:
-            run.rollout = _progressed(rollout, run.now, step=rollout.step + 1, step_started_at=run.now)
+            # Like any completed step: the next one needs its own evidence.
+            run.rollout = _progressed(rollout, run.now, step=rollout.step + 1, step_started_at=run.now,
+                                      checks=[check.model_copy(update={"passed_in_step": False}) for check in rollout.checks])
 
 
 def advance(
