@@ -776,3 +776,24 @@ def test_a_check_added_while_a_canary_runs_gates_it() -> None:
     assert status.stable is not None and status.stable.version == "1.0", "promoted without the latency check"
     assert status.rollout is not None and [check.name for check in status.rollout.checks] == ["latency"]
     assert analysis_due(status, seconds_after(NOW, 30))
+
+
+def test_resume_at_a_manual_gate_does_not_carry_its_passed_checks_into_the_next_step() -> None:
+    gated = ({"setWeight": 30}, {"pause": {}}, {"setWeight": 70})
+    cluster = FaultyCluster({"metadata": {"name": NAME, "namespace": "ns", "uid": "u1", "generation": 1},
+                             "spec": document("1.0", gated, ("latency",))})
+    converge(cluster, NOW)
+    cluster.body["spec"] = document("2.0", gated, ("latency",))
+    converge(cluster, NOW)
+    cluster.ready.update({"m-1-0": 2, "m-2-0": 2})
+    for tick in (30, 60):  # a Pass completes step 0; another passes the check at the manual gate (step 1)
+        cluster.ready["m-2-0"] = cluster.objects[("Deployment", "m-2-0")]["spec"]["replicas"]
+        reconcile(cluster, copy.deepcopy(cluster.body), seconds_after(NOW, tick), {"latency": evaluation("Pass")})
+        converge(cluster, seconds_after(NOW, tick))
+    status = read_status(cluster.body)[0]
+    assert status.rollout is not None and status.rollout.step == 1 and status.rollout.checks[0].passed_in_step
+    cluster.body["metadata"]["annotations"] = {"modelops.dev/action.resume": seconds_after(NOW, 61)}
+    converge(cluster, seconds_after(NOW, 61))
+    status = read_status(cluster.body)[0]
+    assert status.rollout is not None and status.rollout.step == 2, "step 2 (70 %) completed without a check passing in it"
+    assert not status.rollout.checks[0].passed_in_step
