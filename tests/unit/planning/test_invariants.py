@@ -473,10 +473,9 @@ class PlannerMachine(RuleBasedStateMachine):
             return
         rollout = before.rollout
         previous = before.previous
-        if (rollout is None or rollout.revision != new) and previous is not None and new == previous.version:
-            fired = monitoring is not None and any(e.verdict == "Fail" for e in monitoring.values())
-            assert fired, f"{new} restored as stable without a monitoring rollback"
-            return
+        fired = monitoring is not None and any(e.verdict == "Fail" for e in monitoring.values())
+        if fired and previous is not None and new == previous.version:
+            return  # a monitoring rollback to the previous stable
         assert new == spec.model.version, f"{new} became stable although the spec names {spec.model.version}"
         if "promote" in actions:
             return
