@@ -2,8 +2,8 @@
 
 On the devcluster, Prometheus scrapes with ``honor_labels: false`` and each stand-in pod is
 registered with the target labels the documented PodMonitor sets (``namespace``, ``pod``, and
-``model``/``version`` from the pod's modelops labels). Two forgers serve healthy traffic for the
-victim's canary version, which has no traffic of its own:
+``model``/``version`` from the pod's modelops labels). Two forgers serve healthy traffic and a
+low drift score for the victim's canary version, which has no traffic of its own:
 
 - a pod of another namespace, labelled as the victim's model and canary version, whose series
   also say ``namespace=<victim>``;
@@ -37,6 +37,8 @@ from tests.support.model_metrics import ModelMetricsEndpoint, VersionMetrics
 pytestmark = pytest.mark.cluster
 
 CANARY = "2.0.0"
+# The request checks of the other rollout tests, and a drift check (the same query monitoring runs).
+FORGERY_CHECKS = [*CHECKS, {"name": "drift", "type": "featureDrift", "feature": "a", "max": 0.2, "window": "10s", "minSampleCount": 100}]
 EVALUATIONS = 3  # NoData this many times in a row, with the forged series in Prometheus all along
 
 
@@ -59,7 +61,7 @@ def attacker_namespace(admin_api: client.ApiClient) -> Iterator[str]:
 @pytest.fixture
 def forgers(rollout: Rollout, attacker_namespace: str, devcluster: ClusterState) -> Iterator[list[ModelMetricsEndpoint]]:
     """Healthy traffic served as the victim's canary, by pods that are not the canary's."""
-    healthy: dict[str, float] = {"requests_per_second": 50.0, "latency_seconds": 0.07, "error_ratio": 0.0}
+    healthy: dict[str, float] = {"requests_per_second": 50.0, "latency_seconds": 0.07, "error_ratio": 0.0, "drift_score": 0.01}
     other_namespace = VersionMetrics(attacker_namespace, NAME, CANARY, extra_labels={"namespace": rollout.namespace})
     same_namespace = VersionMetrics(rollout.namespace, NAME, CANARY)
     endpoints = []
@@ -109,7 +111,7 @@ def test_series_forged_by_another_namespace_or_version_never_reach_the_canarys_c
         [scraped] = _series(url, relabelled)
         assert (scraped["model"], scraped["version"], scraped["pod"]) == (NAME, "1.0.0", "forger-stable-0")
 
-        start_stable(rollout, manifest(victim, steps=[{"setWeight": 20}, {"setWeight": 50}], progressDeadline="10m"))
+        start_stable(rollout, manifest(victim, steps=[{"setWeight": 20}, {"setWeight": 50}], checks=FORGERY_CHECKS, progressDeadline="10m"))
         rollout.serve(CANARY, requests_per_second=0)  # the canary's own pod: no traffic
         rollout.release(CANARY)
 
@@ -120,7 +122,7 @@ def test_series_forged_by_another_namespace_or_version_never_reach_the_canarys_c
                 return True
             if (status.get("rollout") or {}).get("step", 0) != 0 or (status.get("stable") or {}).get("version") != "1.0.0":
                 return True
-            return len(checks) == len(CHECKS) and all(len(c.get("measurements") or []) >= EVALUATIONS for c in checks)
+            return len(checks) == len(FORGERY_CHECKS) and all(len(c.get("measurements") or []) >= EVALUATIONS for c in checks)
 
         status = rollout.wait_for_status(f"{EVALUATIONS} evaluations of every check", settled, timeout=120)
         assert status["stable"]["version"] == "1.0.0" and status.get("rollout"), status
@@ -132,7 +134,7 @@ def test_series_forged_by_another_namespace_or_version_never_reach_the_canarys_c
 
         # The operator's grouped queries: no traffic for the canary (its own pod serves none); the
         # forgers' traffic is keyed where their pods are, and there it would pass these very checks.
-        for fields in CHECKS:
+        for fields in FORGERY_CHECKS:
             check = Check.model_validate(fields)
             values = prometheus.query(value_query(check))
             samples_query = sample_query(check)
