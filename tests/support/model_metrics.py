@@ -4,10 +4,11 @@ It is a real HTTP endpoint on 127.0.0.1 that Prometheus scrapes, registered thro
 with the target labels the documented PodMonitor gives a model pod
 (``modelops.devcluster.targets.pod_target_labels``: ``namespace``, ``pod``, ``container``,
 ``endpoint``, and ``model``/``version`` from the pod's modelops labels). Prometheus scrapes with
-``honor_labels: false``, so those win over the same names in the served text. Counters grow with time at the configured
-request rate, so ``rate()`` and ``increase()`` behave as they do for a real server; every
-request of the current behaviour lands in the first histogram bucket at or above
-``latency_seconds``.
+``honor_labels: false``, so those win over the same names in the served text.
+
+Counters grow with time at the configured request rate, so ``rate()`` and ``increase()`` behave
+as they do for a real server; every request of the current behaviour lands in the first
+histogram bucket at or above ``latency_seconds``.
 
 With ``drift_score`` set it also serves the drift gauges of one feature (``a``): the score, the
 window size, ``mlmon_drift_interval_seconds`` and ``mlmon_last_run_timestamp_seconds``, which

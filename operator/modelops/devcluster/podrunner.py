@@ -5,8 +5,8 @@ end-to-end tests, this runner watches the cluster's pods and, for every Running 
 container runs the reference model server, starts ``modelops serve`` on a loopback port with the
 pod's environment. It registers the process with Prometheus under the target labels the
 documented PodMonitor would give the pod (``namespace``, ``pod``, and ``model``/``version`` from
-its modelops labels: ``targets.pod_target_labels``), and stops it when the pod goes away. The operator knows nothing of this: it sees
-only the Kubernetes API and Prometheus, as in production.
+its modelops labels: ``targets.pod_target_labels``), and stops it when the pod goes away. The
+operator knows nothing of this: it sees only the Kubernetes API and Prometheus, as in production.
 
 Where each pod's server listens is written to ``<state>/pods/<namespace>/<pod>.json``
 (``{"port", "model", "version"}``), so traffic generators can find the versions' endpoints.
