@@ -13,6 +13,7 @@ MODULES = [
     "modelops.planning.compare",
     "modelops.planning.names",
     "modelops.planning.routers",
+    "modelops.devcluster.targets",
     "modelops.devcluster.toolchain",
 ]
 

@@ -3,9 +3,10 @@
 kwok makes pods Ready without running anything, and pod IPs here are fake. For the demo and
 end-to-end tests, this runner watches the cluster's pods and, for every Running pod whose
 container runs the reference model server, starts ``modelops serve`` on a loopback port with the
-pod's environment. It registers the process with Prometheus under the pod's ``namespace`` and
-``pod`` labels, and stops it when the pod goes away. The operator knows nothing of this: it sees
-only the Kubernetes API and Prometheus, as in production.
+pod's environment. It registers the process with Prometheus under the target labels the
+documented PodMonitor would give the pod (``namespace``, ``pod``, and ``model``/``version`` from
+its modelops labels: ``targets.pod_target_labels``), and stops it when the pod goes away. The
+operator knows nothing of this: it sees only the Kubernetes API and Prometheus, as in production.
 
 Where each pod's server listens is written to ``<state>/pods/<namespace>/<pod>.json``
 (``{"port", "model", "version"}``), so traffic generators can find the versions' endpoints.
@@ -221,7 +222,8 @@ class PodRunner:
                 env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             )
         target = f"pod-{namespace}-{name}"[:63].rstrip("-.").lower()
-        targets.register(self.targets_dir, target, f"127.0.0.1:{port}", {"namespace": namespace, "pod": name})
+        scrape_labels = targets.pod_target_labels(namespace, name, pod.metadata.labels or {}, pod.spec.containers[0].name)
+        targets.register(self.targets_dir, target, f"127.0.0.1:{port}", scrape_labels)
         endpoint_file = self.endpoints_dir / namespace / f"{name}.json"
         endpoint_file.parent.mkdir(parents=True, exist_ok=True)
         endpoint = {"port": port, "model": environment.get("MODEL_NAME", ""), "version": environment.get("MODEL_VERSION", ""),

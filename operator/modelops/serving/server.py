@@ -109,15 +109,21 @@ def _drift_methods(text: str) -> tuple[str, ...]:
 
 
 class Metrics:
-    """The contract's metrics in a registry of their own (several servers can share a process)."""
+    """The contract's metrics in a registry of their own (several servers can share a process).
+
+    No label name here may be one the scraper sets on the target (``namespace``, ``pod``,
+    ``container``, ``endpoint``, ``service``, ``job``, ``instance``): the contract works with
+    ``honor_labels: false``, where those come from the scrape and a workload cannot forge them
+    (docs/metrics.md). Hence ``api`` (``infer``/``metadata``), not ``endpoint``.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.registry = CollectorRegistry()
         model = ("model", "version")
         r = self.registry
-        self.requests = Counter("mlserve_requests", "Requests by outcome.", (*model, "protocol", "endpoint", "outcome"), registry=r)
+        self.requests = Counter("mlserve_requests", "Requests by outcome.", (*model, "protocol", "api", "outcome"), registry=r)
         self.duration = Histogram(
-            "mlserve_request_duration_seconds", "Request duration.", (*model, "protocol", "endpoint"), buckets=DURATION_BUCKETS, registry=r
+            "mlserve_request_duration_seconds", "Request duration.", (*model, "protocol", "api"), buckets=DURATION_BUCKETS, registry=r
         )
         self.predictions = Counter("mlserve_predictions", "Predictions by class.", (*model, "class"), registry=r)
         self.group_predictions = Counter(

@@ -144,9 +144,9 @@ def test_metrics_after_a_known_sequence_of_requests(server: RunningServer) -> No
     def value(name: str, **labels: str) -> float:
         return samples[(name, tuple(sorted((*model, *labels.items()))))]
 
-    assert value("mlserve_requests_total", protocol="rest", endpoint="infer", outcome="success") == 1
-    assert value("mlserve_requests_total", protocol="rest", endpoint="infer", outcome="client_error") == 1
-    assert value("mlserve_request_duration_seconds_count", protocol="rest", endpoint="infer") == 2
+    assert value("mlserve_requests_total", protocol="rest", api="infer", outcome="success") == 1
+    assert value("mlserve_requests_total", protocol="rest", api="infer", outcome="client_error") == 1
+    assert value("mlserve_request_duration_seconds_count", protocol="rest", api="infer") == 2
     assert value("mlserve_predictions_total", **{"class": "1"}) == 2
     assert value("mlserve_predictions_total", **{"class": "0"}) == 1
     assert value("mlserve_group_predictions_total", attribute="sex", group="f", predicted="1") == 2
