@@ -35,6 +35,14 @@ class RunningServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        self.wait_loaded()
+
+    def wait_loaded(self, timeout: float = 30) -> None:
+        """The artifact loads in the background after the server listens: wait for the outcome."""
+        deadline = time.monotonic() + timeout
+        while self.state.loading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not self.state.loading, "the artifact did not finish loading"
 
     def close(self) -> None:
         self.http.close()
@@ -94,7 +102,7 @@ def test_health_metadata_and_inference(server: RunningServer) -> None:
         ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64"}]}, 400, "has no data"),
         ({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, "needs 4 values, got 3"),
         ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, "expects 2 features per row, got 3"),
-        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "BOOL", "data": [1, 2]}]}, 400, "datatype BOOL is not one of"),
+        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "BOOL", "data": [1, 2]}]}, 400, "datatype 'BOOL' is not one of"),
         ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": ["a", "b"]}]}, 400, "data is not FP64"),
         ({"inputs": [{"name": "x", "shape": [1, 1, 2], "datatype": "FP64", "data": [1, 2]}]}, 400, "shape must be"),
         ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, float("nan")]}]}, 400, "NaN or infinite"),
