@@ -17,6 +17,7 @@ Formats:
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,24 @@ def fetch(uri: str) -> bytes:
     raise ArtifactError(f"{shown}: this server loads file:// and http(s):// URIs only")
 
 
+class RedactingFilter(logging.Filter):
+    """Redacts every URI in a record of the HTTP libraries (httpx logs each request's full URL at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub_uris(record.getMessage()), None
+        return True
+
+
+def redact_http_logs() -> None:
+    """Install :class:`RedactingFilter` on httpx's logger, and keep httpcore's (headers, at DEBUG) at WARNING."""
+    http_log = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactingFilter) for f in http_log.filters):
+        http_log.addFilter(RedactingFilter())
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
 def _download(uri: str, shown: str) -> bytes:
+    redact_http_logs()
     try:
         with httpx.stream("GET", uri, timeout=DOWNLOAD_TIMEOUT_SECONDS, follow_redirects=True) as response:
             if response.status_code >= 400:

@@ -203,24 +203,41 @@ def _numbers(values: list[Any], datatype: str, where: str) -> np.ndarray:
         raise RequestError(400, f"{where}: data is not {datatype}: it holds nested lists where numbers belong")
     if array.dtype.kind == "b":
         raise RequestError(400, f"{where}: data is not {datatype}: it holds booleans")
-    if array.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise RequestError(400, f"{where}: a value is out of range for {datatype}")
-    if array.dtype.kind not in "iuf":
+    if array.dtype.kind not in "iufO" or (array.dtype.kind == "O" and not all(_is_integer(v) for v in values)):
         raise RequestError(400, f"{where}: data is not {datatype}: it holds strings, nulls or objects")
     if datatype.startswith("INT"):
-        return _integers(array, datatype, where)
+        return _integers(array, values, datatype, where)
+    if array.dtype.kind == "O":  # integers beyond 64 bits
+        try:
+            array = np.array(values, dtype=np.float64)
+        except OverflowError:
+            raise RequestError(400, f"{where}: a value is out of range for {datatype}") from None
     if not np.all(np.isfinite(array)):
         raise RequestError(400, f"{where}: the input contains NaN or infinite values")
-    if datatype == "FP32" and not np.all(np.isfinite(array.astype(np.float32))):
+    if datatype == "FP32" and np.any(np.abs(array) > np.finfo(np.float32).max):
         raise RequestError(400, f"{where}: a value is out of range for FP32")
     return array.astype(NUMERIC_TYPES[datatype]).astype(np.float64)
 
 
-def _integers(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
-    if array.dtype.kind == "f":
-        raise RequestError(400, f"{where}: data is not {datatype}: it holds non-integer numbers")
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integers(array: np.ndarray, values: list[Any], datatype: str, where: str) -> np.ndarray:
+    """Integer data, range-checked.
+
+    When numpy inferred int64 every value is an integer that fits; otherwise (a value beyond
+    int64, which numpy turns into uint64, object or even float when mixed with small ones)
+    the client's own values are checked one by one.
+    """
     bounds = np.iinfo(NUMERIC_TYPES[datatype])
-    if array.size and (array.min() < bounds.min or array.max() > bounds.max):
+    if array.dtype.kind != "i":
+        if not all(_is_integer(v) for v in values):
+            raise RequestError(400, f"{where}: data is not {datatype}: it holds non-integer numbers")
+        low, high = min(values), max(values)
+    else:
+        low, high = int(array.min()), int(array.max())
+    if low < bounds.min or high > bounds.max:
         raise RequestError(400, f"{where}: a value is out of range for {datatype} [{bounds.min}, {bounds.max}]")
     return array.astype(np.float64)
 
