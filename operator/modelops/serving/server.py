@@ -74,6 +74,7 @@ class ServerConfig:
     drift_window: int = 2000
     drift_methods: tuple[str, ...] = ("psi",)
     token_file: Path | None = None  # MODELOPS_SERVE_TOKEN_FILE: a bearer token for infer and metadata
+    load_wait_seconds: float = 5.0  # how long an infer request that arrives while the artifact loads waits for it
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -160,6 +161,7 @@ class ServerState:
     groups: dict[str, TrackedValues] = field(default_factory=dict)
     token: TokenFile | None = None
     token_problem: str | None = None  # the last TokenUnavailable message logged, so it is logged once
+    load_finished: asyncio.Event = field(default_factory=asyncio.Event)  # set once loading succeeded or failed
 
     def __post_init__(self) -> None:
         if self.config.token_file is not None:
@@ -195,6 +197,7 @@ def refuse(state: ServerState, message: str) -> None:
     """Live but never ready: the reason goes to the log and to the ready endpoints' answers."""
     config = state.config
     state.load_error, state.loading = message, False
+    state.load_finished.set()
     log.error("model %s version %s is NOT ready: %s", config.model_name, config.model_version, message)
     state.metrics.ready.labels(*state.metrics.labels).set(0)
 
@@ -215,6 +218,7 @@ def apply_loaded(state: ServerState, loaded: Loaded) -> None:
                 "--sensitive-attribute %s)", attribute, MAX_UNDECLARED_GROUPS, attribute,
             )
     state.model, state.digest, state.loading = loaded.model, loaded.digest, False
+    state.load_finished.set()
     state.metrics.info.labels(*state.metrics.labels, config.model_format, state.digest or "").set(1)
     state.metrics.ready.labels(*state.metrics.labels).set(1)
     log.info("model %s version %s ready (digest %s)", config.model_name, config.model_version, state.digest)
@@ -350,6 +354,21 @@ def build_app(state: ServerState) -> web.Application:
         if request.match_info["name"] != config.model_name:
             raise RequestError(404, f"unknown model {shown(request.match_info['name'])}; this server serves {config.model_name!r}")
 
+    async def wait_for_the_model() -> None:
+        """Hold a request that arrives while the artifact loads, for at most ``load_wait_seconds``.
+
+        Behind a Service no request arrives before the pod is ready; a client that calls the pod
+        in the moment between listening and loaded (a local file loads in milliseconds) is
+        served rather than refused.
+        """
+        if state.loading:
+            try:
+                await asyncio.wait_for(state.load_finished.wait(), config.load_wait_seconds)
+            except TimeoutError:
+                pass
+        if state.model is None:
+            raise RequestError(503, f"model not ready: {state.load_error or 'loading the model artifact'}")
+
     def outcome_of(status: int) -> str:
         return "server_error" if status >= 500 else "client_error" if status >= 400 else "success"
 
@@ -414,8 +433,8 @@ def build_app(state: ServerState) -> web.Application:
     async def infer(request: web.Request) -> web.Response:
         authorize(request)
         known(request)
-        if state.model is None:
-            raise RequestError(503, f"model not ready: {state.load_error or 'loading the model artifact'}")
+        await wait_for_the_model()
+        assert state.model is not None
         parsed = parse_request(decode_json(await request.read()), state.model.n_features, limits)
         predictions = state.model.predict(parsed.features)
         observe(state, parsed.features, parsed.named, predictions)

@@ -205,17 +205,38 @@ def test_no_answer_and_no_log_line_shows_the_credentials_in_model_uri(
 def test_the_server_listens_before_the_artifact_is_loaded() -> None:
     release = threading.Event()
     source = Artifacts(json.dumps({"type": "linear", "coefficients": [1.0, -1.0]}).encode(), delay=release)
-    running = RunningServer(ServerConfig("fraud", "2.0", source.uri, None, "custom"), wait_loaded=False)
+    config = ServerConfig("fraud", "2.0", source.uri, None, "custom", load_wait_seconds=0.2)
+    running = RunningServer(config, wait_loaded=False)
     try:
         assert running.http.get("/v2/health/live").status_code == 200
         ready = running.http.get("/v2/models/fraud/ready")
         assert (ready.status_code, ready.json()["error"]) == (503, "loading the model artifact")
-        infer = running.http.post("/v2/models/fraud/infer", json=body(tensor()))
+        infer = running.http.post("/v2/models/fraud/infer", json=body(tensor()))  # waits 0.2 s for the load, then refused
         assert (infer.status_code, infer.json()["error"]) == (503, "model not ready: loading the model artifact")
         release.set()
         running.wait_loaded()
         assert running.http.get("/v2/models/fraud/ready").status_code == 200
         assert running.http.post("/v2/models/fraud/infer", json=body(tensor())).status_code == 200
+    finally:
+        release.set()
+        running.close()
+        source.close()
+
+
+def test_a_request_that_arrives_while_the_artifact_loads_waits_for_it() -> None:
+    release = threading.Event()
+    source = Artifacts(json.dumps({"type": "linear", "coefficients": [1.0, -1.0]}).encode(), delay=release)
+    running = RunningServer(ServerConfig("fraud", "2.0", source.uri, None, "custom", load_wait_seconds=60), wait_loaded=False)
+    answers: list[httpx.Response] = []
+    try:
+        assert running.http.get("/v2/models/fraud/ready").status_code == 503
+        waiting = threading.Thread(target=lambda: answers.append(running.http.post("/v2/models/fraud/infer", json=body(tensor()))))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and answers == []  # held while the artifact loads, not refused
+        release.set()
+        waiting.join(30)
+        assert [a.status_code for a in answers] == [200]
     finally:
         release.set()
         running.close()
