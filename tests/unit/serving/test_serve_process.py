@@ -145,6 +145,8 @@ def hostile_requests() -> list[tuple[str, str, bytes | dict[str, Any], dict[str,
         ("a lone surrogate", "fraud", json.dumps(rows_body(["\ud800"])).encode(), {}),
         ("a 4 MiB id", "fraud", rows_body(["f"], id="i" * (4 << 20)), {}),
     ]
+    million = {"inputs": [{"name": "x", "shape": [10_000, 100], "datatype": "FP64", "data": [0.5] * 1_000_000}]}
+    requests += [(f"a million values for the wrong model #{i}", "fraud", million, {}) for i in range(5)]
     return requests
 
 
