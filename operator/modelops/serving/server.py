@@ -56,6 +56,9 @@ log = logging.getLogger("modelops.serve")
 
 MAX_CLASSES = 50  # distinct predicted classes exported; further ones count as __other__
 MAX_UNDECLARED_GROUPS = 20  # groups tracked per sensitive attribute when the profile declares none
+# The HTTP server never inflates a compressed request body: one 64 KiB gzip chunk can expand to
+# 64 MiB before the body limit is checked. Such requests are refused with 415 instead.
+HANDLER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 128 * 1024
 MEASURED_ROUTES = {"infer": "infer", "metadata": "metadata", "model-ready": "metadata"}  # route name: endpoint label
@@ -438,6 +441,9 @@ def build_app(state: ServerState) -> web.Application:
         known(request)
         await wait_for_the_model()
         assert state.model is not None
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise RequestError(415, f"Content-Encoding {shown(encoding, 20)} is not accepted: send the JSON body uncompressed")
         parsed = parse_request(decode_json(await request.read()), state.model.n_features, limits)
         predictions = state.model.predict(parsed.features)
         observe(state, parsed.features, parsed.named, predictions)
@@ -509,4 +515,4 @@ def return_large_blocks_to_the_os() -> None:
 def serve(config: ServerConfig, host: str, port: int) -> None:
     return_large_blocks_to_the_os()
     app, _ = create(config)
-    web.run_app(app, host=host, port=port, access_log=None, print=None)
+    web.run_app(app, host=host, port=port, access_log=None, print=None, **HANDLER_OPTIONS)

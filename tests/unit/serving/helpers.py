@@ -12,7 +12,7 @@ import httpx
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelops.serving.server import ServerConfig, create
+from modelops.serving.server import HANDLER_OPTIONS, ServerConfig, create
 
 LINEAR = {"type": "linear", "kind": "classifier", "features": ["a", "b"], "coefficients": [1.0, -1.0], "intercept": 0.0}
 
@@ -23,7 +23,7 @@ class RunningServer:
     def __init__(self, config: ServerConfig, *, wait_loaded: bool = True) -> None:
         self.app, self.state = create(config)
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(self.app)
+        self.runner = web.AppRunner(self.app, **HANDLER_OPTIONS)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())

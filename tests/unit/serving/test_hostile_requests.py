@@ -4,6 +4,7 @@ import http.server
 import json
 import logging
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ def test_each_malformed_request_gets_a_4xx_with_a_short_specific_message(
     metrics = server.metrics()
     assert metrics[requests("client_error")] == 1
     assert requests("server_error") not in metrics
+
+
+def test_a_compressed_body_is_refused_without_being_inflated(server: RunningServer) -> None:
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    content = bomb.compress(b'{"inputs": "' + b"0" * (64 << 20)) + bomb.flush()  # 64 MiB in about 64 KiB
+    answer = server.http.post("/v2/models/fraud/infer", content=content, headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 415
+    assert answer.json() == {"error": "Content-Encoding 'gzip' is not accepted: send the JSON body uncompressed"}
+    assert server.metrics()[requests("client_error")] == 1
 
 
 def test_nested_data_shaped_like_the_tensor_is_accepted(server: RunningServer) -> None:
