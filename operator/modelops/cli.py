@@ -196,7 +196,7 @@ for _action in ACTION_HELP:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, envvar="MODEL_PORT")
 def serve(host: str, port: int) -> None:
     """Serve the model named by MODEL_NAME, MODEL_VERSION, MODEL_URI (and MODEL_DIGEST, MODEL_FORMAT,
-    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES) over the Open Inference Protocol."""
+    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES, MODELOPS_SERVE_TOKEN_FILE) over the Open Inference Protocol."""
     import logging
 
     from modelops.serving.server import ServerConfig
