@@ -205,7 +205,7 @@ for _action in ACTION_HELP:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, envvar="MODEL_PORT")
 def serve(host: str, port: int) -> None:
     """Serve the model named by MODEL_NAME, MODEL_VERSION, MODEL_URI (and MODEL_DIGEST, MODEL_FORMAT,
-    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES) over the Open Inference Protocol."""
+    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES, MODELOPS_SERVE_TOKEN_FILE) over the Open Inference Protocol."""
     import logging
 
     from modelops.serving.server import ServerConfig
@@ -225,8 +225,16 @@ def profile() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Profile JSON to write.")
 @click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True, help="Quantile bins per numeric feature.")
 @click.option("--exclude", multiple=True, help="Columns to leave out (for example the target).")
-def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...]) -> None:
-    """Build a reference profile from training data (CSV with a header row)."""
+@click.option(
+    "--sensitive-attribute", "sensitive", multiple=True,
+    help="A column whose distinct values (at most 50) are declared as the groups `modelops serve` tracks for fairness.",
+)
+def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...], sensitive: tuple[str, ...]) -> None:
+    """Build a reference profile from training data (CSV with a header row).
+
+    A --sensitive-attribute column is not profiled for drift: its values become the declared
+    groups of that attribute, and the server counts any other group as __other__.
+    """
     import csv
     import json
 
@@ -245,11 +253,12 @@ def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...])
     if not columns or not next(iter(columns.values())):
         raise click.ClickException(f"{data} has no data rows")
     try:
-        built = build_profile(columns, bins=bins)
+        built = build_profile(columns, bins=bins, sensitive_attributes=sensitive)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     output.write_text(json.dumps(built.to_json(), indent=1))
-    click.echo(f"profile of {len(built.features)} features from {built.rows} rows: {output} ({built.digest})")
+    declared = "".join(f", {len(groups)} groups of {name}" for name, groups in built.groups.items())
+    click.echo(f"profile of {len(built.features)} features{declared} from {built.rows} rows: {output} ({built.digest})")
 
 
 @main.command()
