@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, RetrainingRun, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
-from modelops.planning import revisions
+from modelops.planning import policy, revisions
 from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
@@ -231,6 +231,7 @@ def reconcile(
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
         action_order=server_order(metadata, requested_actions(metadata)),
+        namespace_policy=namespace_policy(cluster, owner.namespace, spec),
     )
     if plan.unreadable:
         return _hold_unreadable(cluster, owner, previous, plan.status, outcome)
@@ -245,12 +246,12 @@ def reconcile(
         # next pass tries again.
         status = planning.compute_status(
             owner, spec, previous, planning.previous_state(previous), observed, generation, now, outcome.errors,
-            plan.changing, retraining=previous.retraining, traffic_error=traffic_error,
+            plan.changing, retraining=previous.retraining, traffic_error=traffic_error, refusals=plan.refusals,
         )
     elif outcome.errors:
         status = planning.compute_status(
             owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
-            monitoring=plan.monitoring, retraining=plan.status.retraining,
+            monitoring=plan.monitoring, retraining=plan.status.retraining, refusals=plan.refusals,
         )
     if plan.completed_run is not None and spec.retraining is not None and spec.retraining.notify is not None:
         status = _with_notification(status, spec.retraining.notify.url, owner, plan.completed_run)
@@ -261,6 +262,20 @@ def reconcile(
     outcome.events = [] if traffic_error else plan.events
     outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
     return outcome
+
+
+def namespace_policy(cluster: ClusterApi, namespace: str, spec: ModelDeploymentSpec) -> policy.NamespacePolicy:
+    """The admin's limits for the namespace; read only when the spec asks for more than the strictest
+    limits allow (so most passes make no extra request). Fails closed when the namespace cannot be read."""
+    if not policy.needs_namespace(spec):
+        return policy.NamespacePolicy(namespace)
+    try:
+        found = cluster.get_namespace(namespace)
+    except ApiError as error:
+        return policy.NamespacePolicy.unknown(namespace, error.message)
+    if found is None:
+        return policy.NamespacePolicy.unknown(namespace, "not found")
+    return policy.NamespacePolicy.from_namespace(found)
 
 
 def _apply_writes(cluster: ClusterApi, owner: Owner, plan: planning.Plan, observed: planning.Observed, outcome: Outcome) -> str:

@@ -72,6 +72,8 @@ class ClusterApi(Protocol):
 
     def termination_message(self, namespace: str, job: str) -> str | None: ...
 
+    def get_namespace(self, name: str) -> dict[str, Any] | None: ...
+
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
@@ -95,6 +97,15 @@ class KubernetesClusterApi:
                     _request_timeout=REQUEST_TIMEOUT_SECONDS,
                 )
             )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        """Namespace ``name`` (its labels and annotations carry the admin's tenant limits); None when gone."""
+        try:
+            return self._serialize(self._core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT_SECONDS))
         except ApiException as error:
             if error.status == 404:
                 return None
