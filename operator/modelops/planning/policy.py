@@ -54,7 +54,7 @@ RESTRICTED_VOLUME_TYPES: Final = frozenset(
     {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 )
 ALLOWED_ADDED_CAPABILITIES: Final = frozenset({"NET_BIND_SERVICE"})
-ALLOWED_SECCOMP_TYPES: Final = frozenset({"RuntimeDefault", "Localhost"})
+ALLOWED_SECCOMP_TYPES: Final = frozenset({"RuntimeDefault", "Localhost"})  # and AppArmor profile types
 ALLOWED_SELINUX_TYPES: Final = frozenset({"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"})
 HOST_NAMESPACES: Final = ("hostNetwork", "hostPID", "hostIPC")
 CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
@@ -74,10 +74,13 @@ class NamespacePolicy:
 
     @classmethod
     def from_namespace(cls, body: Mapping[str, Any]) -> "NamespacePolicy":
-        """>>> NamespacePolicy.from_namespace({"metadata": {"name": "ml",
+        """The admin's limits from a Namespace object; a malformed annotation gives only ``default``.
+
+        >>> limits = NamespacePolicy.from_namespace({"metadata": {"name": "ml",
         ...     "labels": {"modelops.dev/allow-secret-refs": "true"},
         ...     "annotations": {"modelops.dev/retraining-service-accounts": " trainer, ,batch "}}})
-        NamespacePolicy(namespace='ml', secret_refs_allowed=True, service_accounts=frozenset({'batch', 'default', 'trainer'}), unreadable='')
+        >>> limits.secret_refs_allowed, sorted(limits.service_accounts)
+        (True, ['batch', 'default', 'trainer'])
         """
         metadata = body.get("metadata") or {}
         labels = metadata.get("labels") or {}
@@ -115,6 +118,11 @@ def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _one_of(value: Any, allowed: frozenset[str]) -> bool:
+    """``value in allowed`` for any JSON value (a list or an object is never allowed, and never raises)."""
+    return isinstance(value, str) and value in allowed
+
+
 def _named(items: list[Any]) -> Iterator[tuple[int, Mapping[str, Any]]]:
     for index, item in enumerate(items):
         if isinstance(item, Mapping):
@@ -128,13 +136,13 @@ def _security_refusals(context: Mapping[str, Any], path: str) -> Iterator[Refusa
     if context.get("runAsUser") == 0:
         yield Refusal(RESTRICTED, f"{path}.runAsUser", "must not be 0 (root)")
     seccomp = _mapping(context.get("seccompProfile")).get("type")
-    if seccomp is not None and seccomp not in ALLOWED_SECCOMP_TYPES:
+    if seccomp is not None and not _one_of(seccomp, ALLOWED_SECCOMP_TYPES):
         yield Refusal(RESTRICTED, f"{path}.seccompProfile.type", "must be RuntimeDefault or Localhost")
     apparmor = _mapping(context.get("appArmorProfile")).get("type")
-    if apparmor is not None and apparmor not in ("RuntimeDefault", "Localhost"):
+    if apparmor is not None and not _one_of(apparmor, ALLOWED_SECCOMP_TYPES):
         yield Refusal(RESTRICTED, f"{path}.appArmorProfile.type", "must be RuntimeDefault or Localhost")
     selinux = _mapping(context.get("seLinuxOptions"))
-    if selinux.get("user") or selinux.get("role") or selinux.get("type", "") not in ALLOWED_SELINUX_TYPES:
+    if selinux.get("user") or selinux.get("role") or not _one_of(selinux.get("type", ""), ALLOWED_SELINUX_TYPES):
         yield Refusal(RESTRICTED, f"{path}.seLinuxOptions", "no user or role, and type only container_t and its kin")
     if _mapping(context.get("windowsOptions")).get("hostProcess") is True:
         yield Refusal(RESTRICTED, f"{path}.windowsOptions.hostProcess", "host processes are not allowed")
@@ -148,7 +156,7 @@ def _container_refusals(container: Mapping[str, Any], path: str) -> Iterator[Ref
     if context.get("allowPrivilegeEscalation") is True:
         yield Refusal(RESTRICTED, f"{context_path}.allowPrivilegeEscalation", "must not be true")
     added = _items(_mapping(context.get("capabilities")).get("add"))
-    if any(capability not in ALLOWED_ADDED_CAPABILITIES for capability in added):
+    if any(not _one_of(capability, ALLOWED_ADDED_CAPABILITIES) for capability in added):
         yield Refusal(RESTRICTED, f"{context_path}.capabilities.add", "only NET_BIND_SERVICE may be added")
     if context.get("procMount", "Default") != "Default":
         yield Refusal(RESTRICTED, f"{context_path}.procMount", "must be Default")
@@ -205,7 +213,7 @@ def _namespace_refusals(pod: Mapping[str, Any], policy: NamespacePolicy, path: s
     unknown = f" (cannot read {where}: {policy.unreadable})" if policy.unreadable else ""
     for key in ("serviceAccountName", "serviceAccount"):
         account = pod.get(key)
-        if account is not None and account not in policy.service_accounts:
+        if account is not None and not _one_of(account, policy.service_accounts):
             allowed = ", ".join(sorted(policy.service_accounts)) or "none"
             yield Refusal(SERVICE_ACCOUNT, f"{path}.{key}", f"{str(account)[:253]!r} is not allowed in {where} "
                           f"(allowed: {allowed}; admins list more in the annotation {SERVICE_ACCOUNTS_ANNOTATION}){unknown}")
