@@ -86,6 +86,13 @@ def _wants_message(status: ModelDeploymentStatus, job: Mapping[str, Any]) -> boo
     return run is not None and run.job == job["metadata"]["name"] and run.outcome == "Running"
 
 
+def _without_pods(job: Mapping[str, Any]) -> bool:
+    """An unfinished Job that has no pod at all (none active, none ended): maybe none could be created."""
+    status = job.get("status") or {}
+    ended = any(c.get("status") == "True" for c in status.get("conditions") or [])
+    return not ended and not any(_int(status.get(key)) for key in ("active", "succeeded", "failed", "terminating"))
+
+
 def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | None = None) -> planning.Observed:
     found = cluster.list_children(owner.namespace, owner.name, owner.uid)
     jobs = {}
@@ -94,6 +101,10 @@ def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | N
         if status is not None and observed_job.succeeded and _wants_message(status, job):
             message = cluster.termination_message(owner.namespace, observed_job.name)
             observed_job = replace(observed_job, termination_message=message)
+        elif status is not None and _without_pods(job) and _wants_message(status, job):
+            failure = cluster.pod_creation_failure(owner.namespace, observed_job.name)
+            if failure is not None:
+                observed_job = replace(observed_job, failed=True, reason=f"FailedCreate: {failure}")
         jobs[observed_job.name] = observed_job
     versions: dict[tuple[str, str], str] = {}
     for kind, items in found.items():
