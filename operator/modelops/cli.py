@@ -123,12 +123,22 @@ def run(
     if namespaces and all_namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    operator_settings = kopf.OperatorSettings()
+    # Exact namespace names need no scanning of namespaces and CRDs, and so no cluster-scoped
+    # rights (the namespaced install, manifests/namespaced/); patterns need `list namespaces`.
+    operator_settings.scanning.disabled = bool(namespaces) and not any(_is_pattern(n) for n in namespaces)
     kopf.run(
         standalone=True,  # one replica with strategy Recreate: no peering objects, no peering writes
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness,
+        settings=operator_settings,
     )
+
+
+def _is_pattern(namespace: str) -> bool:
+    """A kopf namespace pattern (glob, negation, several names) rather than one exact name."""
+    return any(character in namespace for character in "*?[]!,")
 
 
 def _request_action(action: str, name: str, namespace: str | None) -> None:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, RetrainingRun, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
-from modelops.planning import revisions
+from modelops.planning import policy, revisions
 from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
@@ -86,6 +86,13 @@ def _wants_message(status: ModelDeploymentStatus, job: Mapping[str, Any]) -> boo
     return run is not None and run.job == job["metadata"]["name"] and run.outcome == "Running"
 
 
+def _without_pods(job: Mapping[str, Any]) -> bool:
+    """An unfinished Job that has no pod at all (none active, none ended): maybe none could be created."""
+    status = job.get("status") or {}
+    ended = any(c.get("status") == "True" for c in status.get("conditions") or [])
+    return not ended and not any(_int(status.get(key)) for key in ("active", "succeeded", "failed", "terminating"))
+
+
 def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | None = None) -> planning.Observed:
     found = cluster.list_children(owner.namespace, owner.name, owner.uid)
     jobs = {}
@@ -94,6 +101,10 @@ def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | N
         if status is not None and observed_job.succeeded and _wants_message(status, job):
             message = cluster.termination_message(owner.namespace, observed_job.name)
             observed_job = replace(observed_job, termination_message=message)
+        elif status is not None and _without_pods(job) and _wants_message(status, job):
+            failure = cluster.pod_creation_failure(owner.namespace, observed_job.name)
+            if failure is not None:
+                observed_job = replace(observed_job, failed=True, reason=f"FailedCreate: {failure}")
         jobs[observed_job.name] = observed_job
     versions: dict[tuple[str, str], str] = {}
     for kind, items in found.items():
@@ -267,6 +278,7 @@ def reconcile(
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
         action_order=server_order(metadata, requested_actions(metadata)),
+        namespace_policy=namespace_policy(cluster, owner.namespace, spec),
     )
     if plan.unreadable:
         return _hold_unreadable(cluster, owner, previous, plan.status, outcome, resource_version)
@@ -281,12 +293,12 @@ def reconcile(
         # next pass tries again.
         status = planning.compute_status(
             owner, spec, previous, planning.previous_state(previous), observed, generation, now, outcome.errors,
-            plan.changing, retraining=previous.retraining, traffic_error=traffic_error,
+            plan.changing, retraining=previous.retraining, traffic_error=traffic_error, refusals=plan.refusals,
         )
     elif outcome.errors:
         status = planning.compute_status(
             owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
-            monitoring=plan.monitoring, retraining=plan.status.retraining,
+            monitoring=plan.monitoring, retraining=plan.status.retraining, refusals=plan.refusals,
         )
     status, announced_job = _with_notification(status, spec, owner, notifier)
     if status != previous:
@@ -298,6 +310,20 @@ def reconcile(
     outcome.events = [] if traffic_error else plan.events
     outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
     return outcome
+
+
+def namespace_policy(cluster: ClusterApi, namespace: str, spec: ModelDeploymentSpec) -> policy.NamespacePolicy:
+    """The admin's limits for the namespace; read only when the spec asks for more than the strictest
+    limits allow (so most passes make no extra request). Fails closed when the namespace cannot be read."""
+    if not policy.needs_namespace(spec):
+        return policy.NamespacePolicy(namespace)
+    try:
+        found = cluster.get_namespace(namespace)
+    except ApiError as error:
+        return policy.NamespacePolicy.unknown(namespace, error.message)
+    if found is None:
+        return policy.NamespacePolicy.unknown(namespace, "not found")
+    return policy.NamespacePolicy.from_namespace(found)
 
 
 def _apply_writes(cluster: ClusterApi, owner: Owner, plan: planning.Plan, observed: planning.Observed, outcome: Outcome) -> str:

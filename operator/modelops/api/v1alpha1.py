@@ -479,6 +479,12 @@ class RolloutSpec(ApiModel):
 TEMPLATE_PLACEHOLDERS = ("namespace", "model", "version")
 
 
+PLACEHOLDER_AFTER_OTHER_THAN_EQUALS = r'(^|[^=\s])\s*"\{\{'
+"""RE2: a quoted placeholder whose preceding non-space character is not ``=`` (so ``=~``, ``!~``, a comment...)."""
+NAMESPACE_SELECTED = r'(^|[^a-zA-Z0-9_])namespace\s*=\s*"\{\{namespace\}\}"'
+"""RE2: the matcher ``namespace="{{namespace}}"`` (equality on the label ``namespace`` itself)."""
+
+
 class ClusterMetricTemplateSpec(ApiModel):
     """A PromQL query that admins own, for checks of type template."""
 
@@ -492,9 +498,17 @@ class ClusterMetricTemplateSpec(ApiModel):
                     'label="{{model}}"',
                     ".query",
                 ),
+                # The character before a placeholder (whitespace aside) must be the "=" of = or !=: that
+                # refuses =~ and !~ however spaced, and a comment between operator and value.
                 cel(
-                    "!self.query.contains('~\"{{')",
-                    "placeholders may only be used with =, never in a regular expression (=~ or !~)",
+                    "!self.query.matches(r'" + PLACEHOLDER_AFTER_OTHER_THAN_EQUALS + "')",
+                    "placeholders may only be used with = or !=, never in a regular expression (=~ or !~)",
+                    ".query",
+                ),
+                cel(
+                    "self.query.matches(r'" + NAMESPACE_SELECTED + "')",
+                    'the query must select the namespace: namespace="{{namespace}}" (a template without it can read '
+                    "another team's series)",
                     ".query",
                 ),
             ]

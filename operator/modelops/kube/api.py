@@ -27,6 +27,8 @@ from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MA
 
 REQUEST_TIMEOUT_SECONDS = 15
 LIST_PAGE_SIZE = 500
+MAX_EVENTS_READ = 20
+MAX_FAILURE_MESSAGE = 512
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,10 @@ class ClusterApi(Protocol):
 
     def termination_message(self, namespace: str, job: str) -> str | None: ...
 
+    def get_namespace(self, name: str) -> dict[str, Any] | None: ...
+
+    def pod_creation_failure(self, namespace: str, job: str) -> str | None: ...
+
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
     def list_modeldeployments(self, namespaces: Sequence[str] = ()) -> set[tuple[str, str]]: ...
@@ -132,6 +138,16 @@ class KubernetesClusterApi:
                     _request_timeout=REQUEST_TIMEOUT_SECONDS,
                 )
             )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+
+    @_transport_errors_as_api_errors
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        """Namespace ``name`` (its labels and annotations carry the admin's tenant limits); None when gone."""
+        try:
+            return self._serialize(self._core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT_SECONDS))
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -234,6 +250,23 @@ class KubernetesClusterApi:
                 if terminated is not None and terminated.message:
                     messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
         return max(messages, key=lambda item: str(item[0]))[1] if messages else None
+
+    @_transport_errors_as_api_errors
+    def pod_creation_failure(self, namespace: str, job: str) -> str | None:
+        """Why the Job controller could not create the Job's pods (its latest FailedCreate event), or None.
+
+        The Job controller reports this only as events, never as a Job condition: a pod refused by
+        Pod Security admission or a quota would otherwise leave the Job pending until its deadline.
+        """
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+        try:
+            events = self._core.list_namespaced_event(
+                namespace, field_selector=selector, limit=MAX_EVENTS_READ, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            ).items
+        except ApiException as error:
+            raise _error(error) from error
+        latest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp), default=None)
+        return str(latest.message or "FailedCreate")[:MAX_FAILURE_MESSAGE] if latest is not None else None
 
     @_transport_errors_as_api_errors
     def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:

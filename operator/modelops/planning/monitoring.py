@@ -38,6 +38,7 @@ from modelops.api.v1alpha1 import (
 from modelops.api.timestamps import canonical_or
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner, common_labels
+from modelops.planning.policy import NamespacePolicy, job_template_refusals, with_restricted_defaults
 from modelops.planning.rollout import Event, _after, _elapsed
 
 TERMINATION_MESSAGE_GRACE_SECONDS = 300
@@ -176,6 +177,7 @@ def job_manifest(
     template.setdefault("ttlSecondsAfterFinished", 7 * 24 * 3600)
     pod = template.setdefault("template", {}).setdefault("spec", {})
     pod.setdefault("restartPolicy", "Never")
+    with_restricted_defaults(pod)  # else a namespace enforcing `restricted` creates no pod (FailedCreate)
     context = [
         {"name": "MODELOPS_MODEL_NAME", "value": owner.name},
         {"name": "MODELOPS_CURRENT_VERSION", "value": version},
@@ -205,7 +207,13 @@ def decide_retraining(
     job: ObservedJob | None,
     now: str,
     serving: tuple[str, str] | None = None,
+    policy: NamespacePolicy | None = None,
 ) -> RetrainingDecision:
+    """The retraining status after this pass, and the Job to create if a run starts.
+
+    A run whose Job the tenant policy refuses (``planning.policy``, ``policy`` defaults to the
+    strictest) is recorded as failed at once, with the rules it breaks: no Job is created.
+    """
     if spec.retraining is None:
         return RetrainingDecision(status)
     current = status or RetrainingStatus()
@@ -237,9 +245,16 @@ def decide_retraining(
     number = current.runs + 1
     name = job_name(owner, number)
     started = RetrainingRun(job=name, trigger=trigger[:512], started_at=now)
+    cooldown_until = _after(now, duration_seconds(spec.retraining.cooldown))
+    refusals = job_template_refusals(spec, policy or NamespacePolicy(owner.namespace))
+    if refusals:
+        reason = f"PolicyRefused: {'; '.join(str(r) for r in refusals)}"[:1024]
+        refused = started.model_copy(update={"outcome": "Failed", "finished_at": now, "reason": reason})
+        events.append(Event("Warning", "RetrainingFailed", f"{name} not created: {reason}"))
+        return RetrainingDecision(RetrainingStatus(runs=number, cooldown_until=cooldown_until, last_run=refused), events=tuple(events))
     events.append(Event("Normal", "RetrainingStarted", f"{name}: {trigger}"))
     return RetrainingDecision(
-        RetrainingStatus(runs=number, cooldown_until=_after(now, duration_seconds(spec.retraining.cooldown)), last_run=started),
+        RetrainingStatus(runs=number, cooldown_until=cooldown_until, last_run=started),
         create=job_manifest(owner, spec, name, trigger, features, serving),
         events=tuple(events),
     )

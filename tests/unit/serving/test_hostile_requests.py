@@ -26,7 +26,7 @@ SECRETS = ("modeluser", "S3cr3tT0ken", "S1gnatur3", "AKIAEXAMPLE", "X-Amz")
 
 def requests(outcome: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The key of ``mlserve_requests_total`` for the infer endpoint and ``outcome`` in RunningServer.metrics()."""
-    labels = {"endpoint": "infer", "outcome": outcome, "protocol": "rest", **dict(MODEL)}
+    labels = {"api": "infer", "outcome": outcome, "protocol": "rest", **dict(MODEL)}
     return "mlserve_requests_total", tuple(sorted(labels.items()))
 
 

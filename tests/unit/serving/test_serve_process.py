@@ -209,7 +209,7 @@ def test_the_serve_process_answers_hostile_requests_with_4xx_leaks_nothing_and_s
     outcomes = {
         sample.labels["outcome"]: sample.value
         for family in text_string_to_metric_families(metrics_text) for sample in family.samples
-        if sample.name == "mlserve_requests_total" and sample.labels["endpoint"] == "infer"
+        if sample.name == "mlserve_requests_total" and sample.labels["api"] == "infer"
     }
     assert outcomes == {"success": 22, "client_error": len(hostile)}
     everything = "\n".join([*(a.text for a in answers), log])
