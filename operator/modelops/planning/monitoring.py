@@ -130,6 +130,7 @@ class ObservedJob:
     reason: str = ""
     finished_at: str | None = None
     termination_message: str | None = None
+    uid: str = ""  # the Job's uid: its pods carry it (batch.kubernetes.io/controller-uid) and reference it as controller
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,16 @@ def job_name(owner: Owner, run: int) -> str:
     return f"{owner.name}-retrain-{run}"
 
 
+MAX_MESSAGE_BYTES = 4096  # what the kubelet keeps of a termination message
+
+
 def parse_candidate(message: str | None) -> tuple[Candidate | None, str]:
+    """The candidate a Job's pod reported, validated against the ``Candidate`` schema and its bounds
+    (a version and URI of the API's patterns, at most 20 numeric metrics); anything else is no candidate."""
     if not message:
         return None, "the Job wrote no termination message"
+    if len(message.encode()) > MAX_MESSAGE_BYTES:
+        return None, f"termination message is not a candidate (longer than {MAX_MESSAGE_BYTES} bytes)"
     try:
         return Candidate.model_validate(json.loads(message)), ""
     except (ValueError, ValidationError) as error:
