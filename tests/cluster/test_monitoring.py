@@ -49,7 +49,9 @@ def _impostor_pod(core: client.CoreV1Api, namespace: str, real: client.V1Pod) ->
     name = f"{real.metadata.name}-impostor"
     core.create_namespaced_pod(namespace, client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels),
-        spec=client.V1PodSpec(restart_policy="Never", containers=[client.V1Container(name="train", image="evil.example/x:1")])))
+        # On a node nobody runs: neither the scheduler nor kwok touches it, so its planted status stays.
+        spec=client.V1PodSpec(restart_policy="Never", node_name="no-such-node",
+                              containers=[client.V1Container(name="train", image="evil.example/x:1")])))
     core.patch_namespaced_pod_status(name, namespace, {"status": {"phase": "Succeeded", "containerStatuses": [{
         "name": "train", "image": "evil.example/x:1", "imageID": "", "ready": False, "restartCount": 0,
         "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(EVIL_CANDIDATE),
@@ -263,7 +265,8 @@ def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_a
         assert receiver.paths == [f"/candidates/T000/{SECRET_PATH}"]
         events = core.list_namespaced_event(namespace).items
         assert SECRET_PATH not in json.dumps(status()) + operator.log_text() + " ".join(e.message or "" for e in events)
-        assert core.read_namespaced_pod(impostor, namespace).metadata.name == impostor
+        planted = core.read_namespaced_pod(impostor, namespace).status.container_statuses[0].state.terminated
+        assert json.loads(planted.message) == EVIL_CANDIDATE  # it was there to be read all along
         assert receiver.received[0]["modelDeployment"] == {"namespace": namespace, "name": NAME}
         reasons = {e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}").items}
         assert {"RetrainingStarted", "RetrainingSucceeded"} <= reasons
