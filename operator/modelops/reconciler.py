@@ -92,8 +92,9 @@ def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | N
     for job in found.get("Job", []):
         observed_job = observe_job(job, None)
         if status is not None and observed_job.succeeded and _wants_message(status, job):
-            message = cluster.termination_message(owner.namespace, observed_job.name, observed_job.uid)
-            observed_job = replace(observed_job, termination_message=message)
+            messages = cluster.termination_messages(owner.namespace, observed_job.name, observed_job.uid)
+            observed_job = replace(observed_job, termination_message=messages[0] if len(messages) == 1 else None,
+                                   conflicting_messages=len(messages) if len(messages) > 1 else 0)
         jobs[observed_job.name] = observed_job
     versions: dict[tuple[str, str], str] = {}
     for kind, items in found.items():

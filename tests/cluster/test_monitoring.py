@@ -43,9 +43,11 @@ EVIL_CANDIDATE = {"version": "6.6.6", "uri": "https://evil.example/model.joblib"
 
 
 def _impostor_pod(core: client.CoreV1Api, namespace: str, real: client.V1Pod) -> str:
-    """A pod someone else created with the Job's labels (job-name and controller-uid) but no ownerReference,
-    which reports a candidate of its own, later than the real one."""
-    labels = {key: value for key, value in (real.metadata.labels or {}).items() if "job-name" in key or "controller-uid" in key}
+    """A pod someone else created with the Job's name label (``job-name``, what the operator selected by
+    before) but no ownerReference, which reports a candidate of its own, later than the real one. (With
+    the Job's uid label too, the Job controller would adopt it: then the two messages differ and no
+    candidate is trusted; see the unit tests.)"""
+    labels = {key: value for key, value in (real.metadata.labels or {}).items() if key in ("job-name", "batch.kubernetes.io/job-name")}
     name = f"{real.metadata.name}-impostor"
     core.create_namespaced_pod(namespace, client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels),

@@ -28,6 +28,7 @@ from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MA
 
 REQUEST_TIMEOUT_SECONDS = 15
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # set by the Job controller on the pods it creates
+MAX_MESSAGES = 8  # distinct termination messages read from one Job's pods
 LIST_PAGE_SIZE = 500
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class ClusterApi(Protocol):
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None) -> None: ...
 
-    def termination_message(self, namespace: str, job: str, job_uid: str) -> str | None: ...
+    def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]: ...
 
     def notify_url(self, namespace: str, key: str) -> str | None: ...
 
@@ -240,16 +241,17 @@ class KubernetesClusterApi:
             return None
         return base64.b64decode(encoded).decode(errors="replace").strip()[:2048]
 
-    def termination_message(self, namespace: str, job: str, job_uid: str) -> str | None:
-        """The termination message of the Job's most recent pod that wrote one (None: none yet).
+    def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]:
+        """The distinct termination messages of the Job's pods that exited 0, newest first ([]: none yet).
 
         Only the Job's own pods count: selected by the label the Job controller sets
         (``batch.kubernetes.io/controller-uid``) and checked for a controller ownerReference to
-        that uid. A pod someone else labelled ``job-name=<job>`` (or even with the uid label)
-        is ignored, so it cannot plant a candidate.
+        that uid, so a pod someone labelled ``job-name=<job>`` is ignored. The Job controller
+        does adopt an orphan pod that carries its uid label; such a pod's message then appears
+        here beside the real one, and planning trusts no candidate when they differ.
         """
         if not job_uid:
-            return None
+            return []
         try:
             pods = self._core.list_namespaced_pod(
                 namespace, label_selector=f"{JOB_UID_LABEL}={job_uid}", _request_timeout=REQUEST_TIMEOUT_SECONDS
@@ -262,9 +264,10 @@ class KubernetesClusterApi:
                 continue
             for container in (pod.status.container_statuses or []) if pod.status else []:
                 terminated = container.state.terminated if container.state else None
-                if terminated is not None and terminated.message:
-                    messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
-        return max(messages, key=lambda item: str(item[0]))[1] if messages else None
+                if terminated is not None and terminated.message and terminated.exit_code == 0:
+                    messages.append((str(terminated.finished_at or pod.metadata.creation_timestamp), terminated.message))
+        newest_first = [message for _, message in sorted(messages, reverse=True)]
+        return list(dict.fromkeys(newest_first))[:MAX_MESSAGES]
 
     @_transport_errors_as_api_errors
     def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:
