@@ -80,6 +80,9 @@ def crd(output_dir: Path | None) -> None:
               help="How long an analysis tick waits for a query before it counts as an Error verdict (default: --prometheus-timeout + 1).")
 @click.option("--notify-deadline-seconds", type=click.FloatRange(1, 120), default=10, show_default=True,
               help="Total time for one attempt to POST a retraining candidate to spec.retraining.notify.url.")
+@click.option("--notify-allowed-hosts", "notify_allowed_hosts", multiple=True, metavar="HOST",
+              help="Hosts retraining candidates may be POSTed to (repeatable; *.example.com for subdomains). "
+                   "Default: any host but loopback, link-local and unspecified addresses.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every pass, not only those that wrote.")
 def run(
     namespaces: tuple[str, ...],
@@ -96,6 +99,7 @@ def run(
     analysis_tick_seconds: float,
     analysis_budget_seconds: float | None,
     notify_deadline_seconds: float,
+    notify_allowed_hosts: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run the operator against the current cluster ($KUBECONFIG, or in-cluster credentials)."""
@@ -113,6 +117,7 @@ def run(
         "MODELOPS_ANALYSIS_TICK_SECONDS": str(analysis_tick_seconds),
         "MODELOPS_ANALYSIS_BUDGET_SECONDS": str(analysis_budget_seconds) if analysis_budget_seconds else "",
         "MODELOPS_NOTIFY_DEADLINE_SECONDS": str(notify_deadline_seconds),
+        "MODELOPS_NOTIFY_ALLOWED_HOSTS": ",".join(host.strip() for host in notify_allowed_hosts),
         "MODELOPS_NAMESPACES": ",".join(namespaces),
     }
     os.environ.update(settings)

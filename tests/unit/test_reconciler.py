@@ -29,6 +29,7 @@ class FakeCluster:
         self.fail_next: dict[str, list[Exception]] = {}
         self.foreign: dict[tuple[str, str], list[str]] = {}
         self.templates: dict[str, str] = {}
+        self.secrets: dict[tuple[str, str], str] = {}  # (namespace, key) of Secret modelops-notify -> value
 
     @property
     def body(self) -> dict[str, Any]:
@@ -71,6 +72,10 @@ class FakeCluster:
 
     def get_metric_template(self, name: str) -> str | None:
         return self.templates.get(name)
+
+    def notify_url(self, namespace: str, key: str) -> str | None:
+        self.calls.append(f"read Secret modelops-notify {key}")
+        return self.secrets.get((namespace, key))
 
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
         self._inject("list_children")

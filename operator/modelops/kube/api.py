@@ -10,6 +10,7 @@ urllib3's ``MaxRetryError``) become ``ApiError`` with status 0, so callers handl
 exception type; :attr:`ApiError.transient` says whether trying again later can help.
 """
 
+import base64
 import datetime
 import functools
 import json
@@ -26,6 +27,8 @@ from modelops.api import v1alpha1
 from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 
 REQUEST_TIMEOUT_SECONDS = 15
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # set by the Job controller on the pods it creates
+MAX_MESSAGES = 8  # distinct termination messages read from one Job's pods
 LIST_PAGE_SIZE = 500
 MAX_EVENTS_READ = 20
 MAX_FAILURE_MESSAGE = 512
@@ -106,7 +109,9 @@ class ClusterApi(Protocol):
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None) -> None: ...
 
-    def termination_message(self, namespace: str, job: str) -> str | None: ...
+    def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]: ...
+
+    def notify_url(self, namespace: str, key: str) -> str | None: ...
 
     def get_namespace(self, name: str) -> dict[str, Any] | None: ...
 
@@ -235,21 +240,50 @@ class KubernetesClusterApi:
         return result
 
     @_transport_errors_as_api_errors
-    def termination_message(self, namespace: str, job: str) -> str | None:
-        """The termination message of the Job's most recent pod that wrote one (None: none yet)."""
+    @_transport_errors_as_api_errors
+    def notify_url(self, namespace: str, key: str) -> str | None:
+        """``key`` of the namespace's Secret ``modelops-notify`` (None when the Secret or the key is missing).
+
+        The only Secret the operator reads: its RBAC names it (resourceNames), so it cannot read any other.
+        """
+        try:
+            found = self._core.read_namespaced_secret(v1alpha1.NOTIFY_SECRET, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+        encoded = (found.data or {}).get(key)
+        if encoded is None:
+            return None
+        return base64.b64decode(encoded).decode(errors="replace").strip()[:2048]
+
+    def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]:
+        """The distinct termination messages of the Job's pods that exited 0, newest first ([]: none yet).
+
+        Only the Job's own pods count: selected by the label the Job controller sets
+        (``batch.kubernetes.io/controller-uid``) and checked for a controller ownerReference to
+        that uid, so a pod someone labelled ``job-name=<job>`` is ignored. The Job controller
+        does adopt an orphan pod that carries its uid label; such a pod's message then appears
+        here beside the real one, and planning trusts no candidate when they differ.
+        """
+        if not job_uid:
+            return []
         try:
             pods = self._core.list_namespaced_pod(
-                namespace, label_selector=f"job-name={job}", _request_timeout=REQUEST_TIMEOUT_SECONDS
+                namespace, label_selector=f"{JOB_UID_LABEL}={job_uid}", _request_timeout=REQUEST_TIMEOUT_SECONDS
             ).items
         except ApiException as error:
             raise _error(error) from error
         messages = []
         for pod in pods:
+            if not _pod_of_job(pod, job_uid):
+                continue
             for container in (pod.status.container_statuses or []) if pod.status else []:
                 terminated = container.state.terminated if container.state else None
-                if terminated is not None and terminated.message:
-                    messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
-        return max(messages, key=lambda item: str(item[0]))[1] if messages else None
+                if terminated is not None and terminated.message and terminated.exit_code == 0:
+                    messages.append((str(terminated.finished_at or pod.metadata.creation_timestamp), terminated.message))
+        newest_first = [message for _, message in sorted(messages, reverse=True)]
+        return list(dict.fromkeys(newest_first))[:MAX_MESSAGES]
 
     @_transport_errors_as_api_errors
     def pod_creation_failure(self, namespace: str, job: str) -> str | None:
@@ -394,6 +428,12 @@ class KubernetesClusterApi:
             return dict(self._custom.list_namespaced_custom_object(v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, **arguments))
         except ApiException as error:
             raise _error(error) from error
+
+
+def _pod_of_job(pod: Any, job_uid: str) -> bool:
+    """Whether ``pod`` (a client model) is controlled by the Job with ``job_uid``."""
+    references = (pod.metadata.owner_references if pod.metadata else None) or []
+    return any(reference.controller and reference.kind == "Job" and reference.uid == job_uid for reference in references)
 
 
 def _controlled_by(item: Mapping[str, Any], owner_uid: str) -> bool:

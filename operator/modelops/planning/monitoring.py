@@ -131,6 +131,8 @@ class ObservedJob:
     reason: str = ""
     finished_at: str | None = None
     termination_message: str | None = None
+    uid: str = ""  # the Job's uid: its pods carry it (batch.kubernetes.io/controller-uid) and reference it as controller
+    conflicting_messages: int = 0  # pods of the Job that exited 0 with different messages (then none is trusted)
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,16 @@ def job_name(owner: Owner, run: int) -> str:
     return f"{owner.name}-retrain-{run}"
 
 
+MAX_MESSAGE_BYTES = 4096  # what the kubelet keeps of a termination message
+
+
 def parse_candidate(message: str | None) -> tuple[Candidate | None, str]:
+    """The candidate a Job's pod reported, validated against the ``Candidate`` schema and its bounds
+    (a version and URI of the API's patterns, at most 20 numeric metrics); anything else is no candidate."""
     if not message:
         return None, "the Job wrote no termination message"
+    if len(message.encode()) > MAX_MESSAGE_BYTES:
+        return None, f"termination message is not a candidate (longer than {MAX_MESSAGE_BYTES} bytes)"
     try:
         return Candidate.model_validate(json.loads(message)), ""
     except (ValueError, ValidationError) as error:
@@ -227,9 +236,12 @@ def decide_retraining(
             run = run.model_copy(update={"outcome": "Failed", "finished_at": canonical_or(job.finished_at, now), "reason": job.reason[:1024]})
             events.append(Event("Warning", "RetrainingFailed", f"{run.job} failed: {job.reason}; next attempt after the cooldown"))
         elif job.succeeded:
-            if job.termination_message is None and not _message_overdue(job, now):
+            if job.termination_message is None and not job.conflicting_messages and not _message_overdue(job, now):
                 return RetrainingDecision(current, needs_message=job.name)
             candidate, problem = parse_candidate(job.termination_message)
+            if job.conflicting_messages:
+                candidate, problem = None, (f"{job.conflicting_messages} pods of the Job report different termination messages: "
+                                            "no candidate is trusted (a pod with the Job's labels was adopted by it?)")
             run = run.model_copy(update={"outcome": "Succeeded", "finished_at": canonical_or(job.finished_at, now), "candidate": candidate, "reason": problem})
             message = f"{run.job} produced candidate {candidate.version} ({candidate.uri})" if candidate else f"{run.job}: {problem}"
             events.append(Event("Normal" if candidate else "Warning", "RetrainingSucceeded", message))
