@@ -80,6 +80,9 @@ def crd(output_dir: Path | None) -> None:
               help="How long an analysis tick waits for a query before it counts as an Error verdict (default: --prometheus-timeout + 1).")
 @click.option("--notify-deadline-seconds", type=click.FloatRange(1, 120), default=10, show_default=True,
               help="Total time for one attempt to POST a retraining candidate to spec.retraining.notify.url.")
+@click.option("--notify-allowed-hosts", "notify_allowed_hosts", multiple=True, metavar="HOST",
+              help="Hosts retraining candidates may be POSTed to (repeatable; *.example.com for subdomains). "
+                   "Default: any host but loopback, link-local and unspecified addresses.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every pass, not only those that wrote.")
 def run(
     namespaces: tuple[str, ...],
@@ -96,6 +99,7 @@ def run(
     analysis_tick_seconds: float,
     analysis_budget_seconds: float | None,
     notify_deadline_seconds: float,
+    notify_allowed_hosts: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run the operator against the current cluster ($KUBECONFIG, or in-cluster credentials)."""
@@ -113,6 +117,7 @@ def run(
         "MODELOPS_ANALYSIS_TICK_SECONDS": str(analysis_tick_seconds),
         "MODELOPS_ANALYSIS_BUDGET_SECONDS": str(analysis_budget_seconds) if analysis_budget_seconds else "",
         "MODELOPS_NOTIFY_DEADLINE_SECONDS": str(notify_deadline_seconds),
+        "MODELOPS_NOTIFY_ALLOWED_HOSTS": ",".join(host.strip() for host in notify_allowed_hosts),
         "MODELOPS_NAMESPACES": ",".join(namespaces),
     }
     os.environ.update(settings)
@@ -123,12 +128,22 @@ def run(
     if namespaces and all_namespaces:
         raise click.UsageError("use either --namespace or --all-namespaces, not both")
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    operator_settings = kopf.OperatorSettings()
+    # Exact namespace names need no scanning of namespaces and CRDs, and so no cluster-scoped
+    # rights (the namespaced install, manifests/namespaced/); patterns need `list namespaces`.
+    operator_settings.scanning.disabled = bool(namespaces) and not any(_is_pattern(n) for n in namespaces)
     kopf.run(
         standalone=True,  # one replica with strategy Recreate: no peering objects, no peering writes
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness,
+        settings=operator_settings,
     )
+
+
+def _is_pattern(namespace: str) -> bool:
+    """A kopf namespace pattern (glob, negation, several names) rather than one exact name."""
+    return any(character in namespace for character in "*?[]!,")
 
 
 def _request_action(action: str, name: str, namespace: str | None) -> None:
@@ -205,7 +220,7 @@ for _action in ACTION_HELP:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, envvar="MODEL_PORT")
 def serve(host: str, port: int) -> None:
     """Serve the model named by MODEL_NAME, MODEL_VERSION, MODEL_URI (and MODEL_DIGEST, MODEL_FORMAT,
-    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES) over the Open Inference Protocol."""
+    MODEL_PROFILE_URI, MODEL_SENSITIVE_ATTRIBUTES, MODELOPS_SERVE_TOKEN_FILE) over the Open Inference Protocol."""
     import logging
 
     from modelops.serving.server import ServerConfig
@@ -225,8 +240,16 @@ def profile() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Profile JSON to write.")
 @click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True, help="Quantile bins per numeric feature.")
 @click.option("--exclude", multiple=True, help="Columns to leave out (for example the target).")
-def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...]) -> None:
-    """Build a reference profile from training data (CSV with a header row)."""
+@click.option(
+    "--sensitive-attribute", "sensitive", multiple=True,
+    help="A column whose distinct values (at most 50) are declared as the groups `modelops serve` tracks for fairness.",
+)
+def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...], sensitive: tuple[str, ...]) -> None:
+    """Build a reference profile from training data (CSV with a header row).
+
+    A --sensitive-attribute column is not profiled for drift: its values become the declared
+    groups of that attribute, and the server counts any other group as __other__.
+    """
     import csv
     import json
 
@@ -245,11 +268,12 @@ def profile_build(data: Path, output: Path, bins: int, exclude: tuple[str, ...])
     if not columns or not next(iter(columns.values())):
         raise click.ClickException(f"{data} has no data rows")
     try:
-        built = build_profile(columns, bins=bins)
+        built = build_profile(columns, bins=bins, sensitive_attributes=sensitive)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     output.write_text(json.dumps(built.to_json(), indent=1))
-    click.echo(f"profile of {len(built.features)} features from {built.rows} rows: {output} ({built.digest})")
+    declared = "".join(f", {len(groups)} groups of {name}" for name, groups in built.groups.items())
+    click.echo(f"profile of {len(built.features)} features{declared} from {built.rows} rows: {output} ({built.digest})")
 
 
 @main.command()

@@ -66,6 +66,7 @@ PROMETHEUS_TIMEOUT_SECONDS = float(os.environ.get("MODELOPS_PROMETHEUS_TIMEOUT_S
 # A query that has not answered this long after its tick began is an Error verdict.
 ANALYSIS_BUDGET_SECONDS = float(os.environ.get("MODELOPS_ANALYSIS_BUDGET_SECONDS") or PROMETHEUS_TIMEOUT_SECONDS + 1)
 NOTIFY_DEADLINE_SECONDS = float(os.environ.get("MODELOPS_NOTIFY_DEADLINE_SECONDS", "10"))
+NOTIFY_ALLOWED_HOSTS = tuple(filter(None, os.environ.get("MODELOPS_NOTIFY_ALLOWED_HOSTS", "").lower().split(",")))
 PERIODIC_WORKERS = int(os.environ.get("MODELOPS_PERIODIC_WORKERS", "4"))
 QUERY_WORKERS = 16  # Prometheus queries in flight at once
 ANALYSIS_WORKERS = 4  # analysis batches (one per tick with due canaries) in progress at once
@@ -120,7 +121,7 @@ def prepare(memo: Any, cluster: Any, prometheus: Prometheus | None, notify_setti
     memo.analysis_pool = ThreadPoolExecutor(ANALYSIS_WORKERS, thread_name_prefix="modelops-analysis")
     memo.triggered_pool = ThreadPoolExecutor(TRIGGERED_WORKERS, thread_name_prefix="modelops-triggered")
     memo.retries = RetryScheduler(lambda key: _trigger_pass(memo, key))
-    memo.outbox = Outbox(notify_settings or DeliverySettings(deadline_seconds=NOTIFY_DEADLINE_SECONDS),
+    memo.outbox = Outbox(notify_settings or DeliverySettings(deadline_seconds=NOTIFY_DEADLINE_SECONDS, allowed_hosts=NOTIFY_ALLOWED_HOSTS),
                          on_result=lambda namespace, name: _trigger_pass(memo, (namespace, name)))
     memo.retries.start()
     memo.outbox.start()

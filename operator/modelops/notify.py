@@ -22,6 +22,7 @@ operator stopped is sent again by the next operator.
 """
 
 import asyncio
+import ipaddress
 import logging
 import threading
 from collections import deque
@@ -57,6 +58,10 @@ class DeliverySettings:
 
     concurrency: int = 4
     """Deliveries in progress at once."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    """Hosts a notification may go to (``--notify-allowed-hosts``): exact names, or ``*.example.com`` for
+    any subdomain. Empty: any host except loopback, link-local and unspecified addresses."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,44 @@ async def _nothing() -> AsyncIterator[bytes]:
     yield b""
 
 
+def destination_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    """Why the operator must not POST to ``url`` (None: it may).
+
+    The URL comes from a tenant, and the operator sits inside the cluster: without a check it is a
+    proxy into places the tenant cannot reach. Only http(s) goes out; with ``allowed_hosts`` set, only
+    to those hosts; IP literals of the node itself (loopback, link-local such as a cloud metadata
+    service at 169.254.169.254, unspecified) only when listed exactly.
+
+    >>> destination_problem("https://hooks.example.com/x", ("*.example.com",)) is None
+    True
+    >>> destination_problem("https://evil.test/x", ("*.example.com",))
+    'host evil.test is not in --notify-allowed-hosts'
+    >>> destination_problem("http://169.254.169.254/latest/meta-data", ())
+    'host 169.254.169.254 is a loopback, link-local or unspecified address'
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "not a URL"
+    host = (parsed.host or "").lower().rstrip(".")
+    if parsed.scheme not in ("http", "https") or not host:
+        return "only http and https URLs with a host are allowed"
+    if host in allowed_hosts:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and (address.is_loopback or address.is_link_local or address.is_unspecified):
+        return f"host {host} is a loopback, link-local or unspecified address"
+    if allowed_hosts and not any(pattern.startswith("*.") and host.endswith(pattern[1:]) for pattern in allowed_hosts):
+        return f"host {host} is not in --notify-allowed-hosts"
+    return None
+
+
 async def attempt(client: httpx.AsyncClient, item: Notification, settings: DeliverySettings) -> str | None:
-    """One POST under a total deadline; None when the receiver answered 2xx, else why not."""
+    """One POST under a total deadline; None when the receiver answered 2xx, else why not.
+    Redirects are not followed (a 3xx is not a delivery): the destination check would not see them."""
     try:
         async with asyncio.timeout(settings.deadline_seconds):
             async with client.stream("POST", item.url, json=dict(item.payload), timeout=settings.deadline_seconds) as response:
@@ -125,7 +166,12 @@ async def attempt(client: httpx.AsyncClient, item: Notification, settings: Deliv
 
 
 async def deliver(client: httpx.AsyncClient, item: Notification, settings: DeliverySettings) -> bool:
-    """Up to ``settings.attempts`` attempts with doubling backoff; one log line per failed attempt."""
+    """Up to ``settings.attempts`` attempts with doubling backoff; one log line per failed attempt.
+    A destination the operator may not reach is refused without any attempt."""
+    refused = destination_problem(item.url, settings.allowed_hosts)
+    if refused is not None:
+        log.warning("notify %s for %s/%s (%s) refused: %s", redacted(item.url), item.namespace, item.name, item.job, refused)
+        return False
     for number in range(1, settings.attempts + 1):
         problem = await attempt(client, item, settings)
         if problem is None:

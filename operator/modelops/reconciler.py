@@ -12,11 +12,11 @@ from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
-from modelops.api.v1alpha1 import Condition, ModelDeploymentSpec, ModelDeploymentStatus, RetrainingRun, Track
+from modelops.api.v1alpha1 import NOTIFY_SECRET, Condition, ModelDeploymentSpec, ModelDeploymentStatus, NotifySpec, RetrainingRun, Track
 from modelops.kube.api import ApiError, ClusterApi
 from modelops.planning import reconcile as planning
 from modelops.planning.compare import drops_owned_fields, is_applied
-from modelops.planning import revisions
+from modelops.planning import policy, revisions
 from modelops import notify
 from modelops.planning.analysis import Evaluation
 from modelops.planning.monitoring import ObservedJob
@@ -78,7 +78,7 @@ def observe_job(item: Mapping[str, Any], message: str | None) -> ObservedJob:
     finished = (failed or complete or {}).get("lastTransitionTime")
     reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ") if failed else ""
     return ObservedJob(item["metadata"]["name"], succeeded=complete is not None and failed is None, failed=failed is not None,
-                       reason=reason, finished_at=finished, termination_message=message)
+                       reason=reason, finished_at=finished, termination_message=message, uid=str(item["metadata"].get("uid", "")))
 
 
 def _wants_message(status: ModelDeploymentStatus, job: Mapping[str, Any]) -> bool:
@@ -87,14 +87,26 @@ def _wants_message(status: ModelDeploymentStatus, job: Mapping[str, Any]) -> boo
     return run is not None and run.job == job["metadata"]["name"] and run.outcome == "Running"
 
 
+def _without_pods(job: Mapping[str, Any]) -> bool:
+    """An unfinished Job that has no pod at all (none active, none ended): maybe none could be created."""
+    status = job.get("status") or {}
+    ended = any(c.get("status") == "True" for c in status.get("conditions") or [])
+    return not ended and not any(_int(status.get(key)) for key in ("active", "succeeded", "failed", "terminating"))
+
+
 def observe(cluster: ClusterApi, owner: Owner, status: ModelDeploymentStatus | None = None) -> planning.Observed:
     found = cluster.list_children(owner.namespace, owner.name, owner.uid)
     jobs = {}
     for job in found.get("Job", []):
         observed_job = observe_job(job, None)
         if status is not None and observed_job.succeeded and _wants_message(status, job):
-            message = cluster.termination_message(owner.namespace, observed_job.name)
-            observed_job = replace(observed_job, termination_message=message)
+            messages = cluster.termination_messages(owner.namespace, observed_job.name, observed_job.uid)
+            observed_job = replace(observed_job, termination_message=messages[0] if len(messages) == 1 else None,
+                                   conflicting_messages=len(messages) if len(messages) > 1 else 0)
+        elif status is not None and _without_pods(job) and _wants_message(status, job):
+            failure = cluster.pod_creation_failure(owner.namespace, observed_job.name)
+            if failure is not None:
+                observed_job = replace(observed_job, failed=True, reason=f"FailedCreate: {failure}")
         jobs[observed_job.name] = observed_job
     versions: dict[tuple[str, str], str] = {}
     for kind, items in found.items():
@@ -208,24 +220,40 @@ def _run_to_announce(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -
     return run if spec.retraining is not None and spec.retraining.notify is not None else None
 
 
+def _notify_url(cluster: ClusterApi, owner: Owner, target: NotifySpec) -> str | None:
+    """The webhook URL: from the spec, or from the namespace's Secret modelops-notify (None when missing)."""
+    if target.url_from is None:
+        return target.url
+    return cluster.notify_url(owner.namespace, target.url_from.secret_key_ref.key)
+
+
 def _with_notification(
-    status: ModelDeploymentStatus, spec: ModelDeploymentSpec, owner: Owner, notifier: Notifier | None
-) -> tuple[ModelDeploymentStatus, str | None]:
+    cluster: ClusterApi, status: ModelDeploymentStatus, spec: ModelDeploymentSpec, owner: Owner, notifier: Notifier | None
+) -> tuple[ModelDeploymentStatus, str | None, list[planning.Event]]:
     """Folds a finished delivery into ``lastRun.notified``, or submits the candidate to the outbox.
 
-    Returns the status and the Job whose outcome was folded in (to settle once status is written).
-    The delivery itself happens outside the pass, in the outbox; a pass never waits for it.
+    Returns the status, the Job whose outcome was folded in (to settle once status is written), and
+    events. The delivery itself happens outside the pass, in the outbox; a pass never waits for it.
+    The URL appears in no status, event or log line.
     """
     run = _run_to_announce(spec, status)
     if run is None or notifier is None or status.retraining is None:
-        return status, None
+        return status, None, []
+    assert spec.retraining is not None and spec.retraining.notify is not None
+    events: list[planning.Event] = []
     delivered = notifier.result(owner.namespace, owner.name, run.job)
     if delivered is None:
-        assert spec.retraining is not None and spec.retraining.notify is not None
-        notifier.submit(notify.notification(spec.retraining.notify.url, owner.namespace, owner.name, run))
-        return status, None
+        url = _notify_url(cluster, owner, spec.retraining.notify)
+        if url is not None:
+            notifier.submit(notify.notification(url, owner.namespace, owner.name, run))
+            return status, None, []
+        delivered = False
+        key = spec.retraining.notify.url_from.secret_key_ref.key if spec.retraining.notify.url_from else ""
+        events.append(planning.Event("Warning", "NotifyFailed", f"{run.candidate.version if run.candidate else run.job} not announced: "
+                                     f"Secret {NOTIFY_SECRET} has no key {key!r} in namespace {owner.namespace}"))
     last_run = run.model_copy(update={"notified": delivered})
-    return status.model_copy(update={"retraining": status.retraining.model_copy(update={"last_run": last_run})}), run.job
+    retraining = status.retraining.model_copy(update={"last_run": last_run})
+    return status.model_copy(update={"retraining": retraining}), (run.job if not events else None), events
 
 
 def reconcile(
@@ -269,6 +297,7 @@ def reconcile(
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
         requested_actions=requested_actions(metadata),
         action_order=server_order(metadata, requested_actions(metadata)),
+        namespace_policy=namespace_policy(cluster, owner.namespace, spec),
     )
     if plan.unreadable:
         return _hold_unreadable(cluster, owner, previous, plan.status, outcome, resource_version)
@@ -287,23 +316,37 @@ def reconcile(
         # next pass tries again.
         status = planning.compute_status(
             owner, spec, previous, planning.previous_state(previous), observed, generation, now, outcome.errors,
-            plan.changing, retraining=previous.retraining, traffic_error=traffic_error,
+            plan.changing, retraining=previous.retraining, traffic_error=traffic_error, refusals=plan.refusals,
         )
     elif outcome.errors:
         status = planning.compute_status(
             owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
-            monitoring=plan.monitoring, retraining=plan.status.retraining,
+            monitoring=plan.monitoring, retraining=plan.status.retraining, refusals=plan.refusals,
         )
-    status, announced_job = _with_notification(status, spec, owner, notifier)
+    status, announced_job, notify_events = _with_notification(cluster, status, spec, owner, notifier)
     if status != previous:
         cluster.patch_status(owner.namespace, owner.name, status_document(status), resource_version=resource_version)
         outcome.status_written = True
     if announced_job is not None and notifier is not None:
         notifier.settle(owner.namespace, owner.name, announced_job)
     outcome.new_failure = bool(outcome.errors) and _degraded_message(status) != _degraded_message(previous)
-    outcome.events = [] if traffic_error else plan.events
+    outcome.events = ([] if traffic_error else plan.events) + notify_events
     outcome.canary_weight = (status.canary.weight or 0) if status.canary else 0
     return outcome
+
+
+def namespace_policy(cluster: ClusterApi, namespace: str, spec: ModelDeploymentSpec) -> policy.NamespacePolicy:
+    """The admin's limits for the namespace; read only when the spec asks for more than the strictest
+    limits allow (so most passes make no extra request). Fails closed when the namespace cannot be read."""
+    if not policy.needs_namespace(spec):
+        return policy.NamespacePolicy(namespace)
+    try:
+        found = cluster.get_namespace(namespace)
+    except ApiError as error:
+        return policy.NamespacePolicy.unknown(namespace, error.message)
+    if found is None:
+        return policy.NamespacePolicy.unknown(namespace, "not found")
+    return policy.NamespacePolicy.from_namespace(found)
 
 
 def _blocked_by(write: planning.Apply, failed_services: list[str], not_moved: list[str],

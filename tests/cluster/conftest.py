@@ -71,7 +71,8 @@ def operator(
     queries.start()
     handle = Operator(kubeconfig=kubeconfig, log=folder / "operator.log", prometheus_url=queries.url,
                       resync_seconds=RESYNC_SECONDS, prometheus_timeout_seconds=OPERATOR_PROMETHEUS_TIMEOUT_SECONDS,
-                      prometheus=proxy, queries=queries, apiserver=apiserver)
+                      prometheus=proxy, queries=queries, apiserver=apiserver,
+                      notify_allowed_hosts=("127.0.0.1",))  # the tests' notify receivers listen on loopback
     handle.start()
     yield handle
     handle.stop()

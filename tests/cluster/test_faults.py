@@ -235,14 +235,19 @@ def test_an_unreadable_status_field_holds_without_writing_children_and_keeps_the
     fault.wait("recovered", lambda s: _reason(s, "Degraded") == "RolledBack" and _condition(s, "Ready") == "True")
 
 
-def _accepts(fault: Fault, patch: dict[str, Any]) -> bool:
+def _succeeds(call: Callable[[], object], unless: int) -> bool:
+    """Whether ``call`` succeeds; False when the apiserver answers ``unless``, any other error raised."""
     try:
-        fault.patch_status(patch)
+        call()
     except ApiException as error:
-        if error.status == 422:
+        if error.status == unless:
             return False
         raise
     return True
+
+
+def _accepts(fault: Fault, patch: dict[str, Any]) -> bool:
+    return _succeeds(lambda: fault.patch_status(patch), unless=422)
 
 
 def test_a_route_write_refused_by_admission_holds_the_step_and_status_keeps_the_applied_weight(
@@ -342,13 +347,7 @@ def test_without_the_httproute_crd_the_canary_holds_and_resumes_when_it_is_back(
 
 
 def _exists(extensions: client.ApiextensionsV1Api, name: str) -> bool:
-    try:
-        extensions.read_custom_resource_definition(name)
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
-    return True
+    return _succeeds(lambda: extensions.read_custom_resource_definition(name), unless=404)
 
 
 def test_a_canary_at_a_manual_gate_writes_nothing(fault: Fault, devcluster: ClusterState, operator: Operator) -> None:

@@ -38,17 +38,43 @@ MODEL = {"type": "linear", "kind": "classifier", "features": ["a", "b"], "coeffi
 
 
 
+SECRET_PATH = "B000/s3cr3t-w3bh00k-t0ken"
+EVIL_CANDIDATE = {"version": "6.6.6", "uri": "https://evil.example/model.joblib", "metrics": {"auc": 1.0}}
+
+
+def _impostor_pod(core: client.CoreV1Api, namespace: str, real: client.V1Pod) -> str:
+    """A pod someone else created with the Job's name label (``job-name``, what the operator selected by
+    before) but no ownerReference, which reports a candidate of its own, later than the real one. (With
+    the Job's uid label too, the Job controller would adopt it: then the two messages differ and no
+    candidate is trusted; see the unit tests.)"""
+    labels = {key: value for key, value in (real.metadata.labels or {}).items() if key in ("job-name", "batch.kubernetes.io/job-name")}
+    name = f"{real.metadata.name}-impostor"
+    core.create_namespaced_pod(namespace, client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        # On a node nobody runs: neither the scheduler nor kwok touches it, so its planted status stays.
+        spec=client.V1PodSpec(restart_policy="Never", node_name="no-such-node",
+                              containers=[client.V1Container(name="train", image="evil.example/x:1")])))
+    core.patch_namespaced_pod_status(name, namespace, {"status": {"phase": "Succeeded", "containerStatuses": [{
+        "name": "train", "image": "evil.example/x:1", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(EVIL_CANDIDATE),
+                                 "finishedAt": "2099-01-01T00:00:00Z"}},
+    }]}})
+    return name
+
+
 class Receiver:
     """A local HTTP endpoint that records what is POSTed to it."""
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.paths: list[str] = []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append(json.loads(body))
+                receiver.paths.append(self.path)
                 self.send_response(202)
                 self.end_headers()
 
@@ -178,10 +204,15 @@ def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_a
             "retraining": {
                 "jobTemplate": {"template": {"spec": {"containers": [{"name": "train", "image": "ghcr.io/modelops/trainer:1"}]}}},
                 "cooldown": "1h",
-                "notify": {"url": receiver.url},
+                "notify": {"urlFrom": {"secretKeyRef": {"name": "modelops-notify", "key": "webhook"}}},
             },
         },
     }
+    # The webhook URL is a credential: it lives in the namespace's Secret modelops-notify, and must
+    # appear in no log line, event or status field.
+    secret_url = f"{receiver.url}/T000/{SECRET_PATH}"
+    core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="modelops-notify"),
+                                                             string_data={"webhook": secret_url}))
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
 
     def status() -> dict[str, Any]:
@@ -215,6 +246,7 @@ def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_a
         bootstrap.wait_for("the Job's pod to complete", lambda: job_pod() is not None, timeout=60)
         pod = job_pod()
         assert pod is not None
+        impostor = _impostor_pod(core, namespace, pod)  # carries the Job's labels, but the Job does not own it
         candidate = {"version": "1.1.0", "uri": "s3://models/scorer/1.1.0/", "digest": "sha256:" + "c" * 64, "metrics": {"auc": 0.93}}
         core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"containerStatuses": [{
             "name": "train", "image": "ghcr.io/modelops/trainer:1", "imageID": "", "ready": False, "restartCount": 0,
@@ -230,8 +262,13 @@ def test_drift_starts_exactly_one_retraining_job_and_its_candidate_is_recorded_a
         bootstrap.wait_for("the announcement's outcome in status",
                            lambda: status()["retraining"]["lastRun"].get("notified") is not None, timeout=30)
         run = status()["retraining"]["lastRun"]
-        assert run["candidate"] == candidate and run["notified"] is True
+        assert run["candidate"] == candidate and run["notified"] is True  # not the impostor's
         assert [r["candidate"] for r in receiver.received] == [candidate]
+        assert receiver.paths == [f"/candidates/T000/{SECRET_PATH}"]
+        events = core.list_namespaced_event(namespace).items
+        assert SECRET_PATH not in json.dumps(status()) + operator.log_text() + " ".join(e.message or "" for e in events)
+        planted = core.read_namespaced_pod(impostor, namespace).status.container_statuses[0].state.terminated
+        assert json.loads(planted.message) == EVIL_CANDIDATE  # it was there to be read all along
         assert receiver.received[0]["modelDeployment"] == {"namespace": namespace, "name": NAME}
         reasons = {e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}").items}
         assert {"RetrainingStarted", "RetrainingSucceeded"} <= reasons

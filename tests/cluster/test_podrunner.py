@@ -54,8 +54,12 @@ def test_model_server_pods_run_as_local_servers_and_stop_with_their_pods(
     query = f'mlserve_model_ready{{namespace="{namespace}"}}'
 
     def scraped() -> set[str]:
+        """Pods whose server is ready, keyed by the target labels a PodMonitor would set (the server's own under exported_*)."""
         result = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
-        return {sample["metric"]["pod"] for sample in result if sample["value"][1] == "1"}
+        scrape_labels = {"model": "tiny", "version": "1.0.0", "container": "model-server", "endpoint": "http",
+                         "exported_model": "tiny", "exported_version": "1.0.0"}
+        return {sample["metric"]["pod"] for sample in result
+                if sample["value"][1] == "1" and scrape_labels.items() <= sample["metric"].items()}
 
     bootstrap.wait_for("Prometheus to scrape both pods", lambda: scraped() == {e["pod"] for e in published}, timeout=60)
 

@@ -408,6 +408,9 @@ def test_a_check_from_an_admin_template_gates_the_canary(rollout: Rollout, metri
         ('rate(x{model="{{model}}"}[{{window}}])', "placeholders are {{namespace}}, {{model}} and {{version}}"),
         ("rate(x{model={{model}}}[1m])", "each only as a quoted label value"),
         ('rate(x{model=~"{{model}}"}[1m])', "never in a regular expression"),
+        ('rate(x{namespace="{{namespace}}", model=~ "{{model}}"}[1m])', "never in a regular expression"),
+        ('rate(x{namespace="{{namespace}}", version!~\t"{{version}}"}[1m])', "never in a regular expression"),
+        ('rate(x{model="{{model}}", version="{{version}}"}[1m])', "the query must select the namespace"),
     ],
 )
 def test_templates_with_placeholders_outside_label_values_are_rejected(

@@ -1,23 +1,32 @@
 """A stand-in for model server pods: serves the metrics contract for one version, with values a test controls.
 
-It is a real HTTP endpoint on 127.0.0.1 that Prometheus scrapes (registered through file_sd
-with the pod's ``namespace`` and ``pod`` labels). Counters grow with time at the configured
-request rate, so ``rate()`` and ``increase()`` behave as they do for a real server; every
-request of the current behaviour lands in the first histogram bucket at or above
-``latency_seconds``.
+It is a real HTTP endpoint on 127.0.0.1 that Prometheus scrapes, registered through file_sd
+with the target labels the documented PodMonitor gives a model pod
+(``modelops.devcluster.targets.pod_target_labels``: ``namespace``, ``pod``, ``container``,
+``endpoint``, and ``model``/``version`` from the pod's modelops labels). Prometheus scrapes with
+``honor_labels: false``, so those win over the same names in the served text.
+
+Counters grow with time at the configured request rate, so ``rate()`` and ``increase()`` behave
+as they do for a real server; every request of the current behaviour lands in the first
+histogram bucket at or above ``latency_seconds``.
 
 With ``drift_score`` set it also serves the drift gauges of one feature (``a``): the score, the
 window size, ``mlmon_drift_interval_seconds`` and ``mlmon_last_run_timestamp_seconds``, which
 follows the wall clock until ``freeze_drift()`` stops it, as a server whose drift loop died.
+
+A forger is a stand-in whose served labels lie: ``model``/``version`` other than its pod's
+labels, and ``extra_labels`` such as ``{"namespace": "victim"}`` on every series.
 """
 
 import http.server
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelops.devcluster import targets
+from modelops.planning.children import LABEL_DEPLOYMENT, LABEL_MODEL_VERSION
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -34,10 +43,11 @@ class Behaviour:
 
 @dataclass
 class VersionMetrics:
-    namespace: str
-    model: str
+    namespace: str  # the pod's namespace (a target label, never served)
+    model: str  # served as the ``model`` label (and, unless the endpoint is told otherwise, the pod's label)
     version: str
     behaviour: Behaviour = field(default_factory=Behaviour)
+    extra_labels: Mapping[str, str] = field(default_factory=dict)  # served on every series, e.g. a forged namespace
     requests: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=lambda: {le: 0.0 for le in BUCKETS})
@@ -59,7 +69,7 @@ class VersionMetrics:
         behaviour = self.behaviour
         if behaviour.drift_score is None:
             return []
-        model = f'model="{self.model}",version="{self.version}"'
+        model = self._identity()
         last_run = self.drift_frozen_at if self.drift_frozen_at is not None else time.time()
         return [
             "# TYPE mlmon_feature_drift_score gauge",
@@ -71,6 +81,11 @@ class VersionMetrics:
             "# TYPE mlmon_drift_interval_seconds gauge",
             f"mlmon_drift_interval_seconds{{{model}}} {behaviour.drift_interval_seconds}",
         ]
+
+    def _identity(self) -> str:
+        """The labels this server writes on every series: its model and version, and any extra ones."""
+        labels = {**self.extra_labels, "model": self.model, "version": self.version}
+        return ",".join(f'{name}="{value}"' for name, value in labels.items())
 
     def _advance(self) -> None:
         now = time.monotonic()
@@ -93,7 +108,7 @@ class VersionMetrics:
     def render(self) -> str:
         with self.lock:
             self._advance()
-            labels = f'model="{self.model}",version="{self.version}",endpoint="infer",protocol="rest"'
+            labels = f'{self._identity()},api="infer",protocol="rest"'
             ok = self.requests - self.errors
             lines = [
                 "# TYPE mlserve_requests_total counter",
@@ -112,9 +127,13 @@ class VersionMetrics:
 
 
 class ModelMetricsEndpoint:
-    """One scrape target per version; ``stop()`` unregisters and closes it."""
+    """One scrape target per version; ``stop()`` unregisters and closes it.
 
-    def __init__(self, targets_dir: Path, metrics: VersionMetrics, pod: str) -> None:
+    ``pod_labels`` are the labels of the pod it stands in for; by default those the operator
+    gives a pod of ``metrics.model`` at ``metrics.version``.
+    """
+
+    def __init__(self, targets_dir: Path, metrics: VersionMetrics, pod: str, pod_labels: Mapping[str, str] | None = None) -> None:
         self.metrics = metrics
         endpoint = self
 
@@ -136,7 +155,10 @@ class ModelMetricsEndpoint:
         self._targets_dir = targets_dir
         self.target_name = f"{metrics.namespace}-{pod}".lower()[:63].rstrip("-")
         address = f"127.0.0.1:{self._server.server_address[1]}"
-        targets.register(targets_dir, self.target_name, address, {"namespace": metrics.namespace, "pod": pod})
+        if pod_labels is None:
+            pod_labels = {LABEL_DEPLOYMENT: metrics.model, LABEL_MODEL_VERSION: metrics.version}
+        self.target_labels = targets.pod_target_labels(metrics.namespace, pod, pod_labels)
+        targets.register(targets_dir, self.target_name, address, self.target_labels)
 
     def stop(self) -> None:
         targets.unregister(self._targets_dir, self.target_name)

@@ -85,3 +85,25 @@ def test_an_action_is_patched_under_its_own_field_manager(monkeypatch: pytest.Mo
     assert kwargs["_content_type"] == "application/merge-patch+json"
     [(key, value)] = args[5]["metadata"]["annotations"].items()  # type: ignore[index]
     assert key == "modelops.dev/action.resume" and value.endswith("Z") and "." in value
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "scanning_disabled"),
+    [((), False), (("team-a",), True), (("team-a", "team-b"), True), (("team-*",), False), (("!kube-system",), False)],
+)
+def test_exact_namespaces_turn_kopf_scanning_off_so_no_cluster_scoped_rights_are_needed(
+    monkeypatch: pytest.MonkeyPatch, namespaces: tuple[str, ...], scanning_disabled: bool
+) -> None:
+    import os
+
+    import kopf
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # `run` exports its settings: keep them out of other tests
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(kopf, "configure", lambda **kwargs: None)
+    arguments = ["run", *[f"--namespace={n}" for n in namespaces], "--metrics-port=0"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert seen["settings"].scanning.disabled is scanning_disabled  # type: ignore[attr-defined]
+    assert seen["clusterwide"] is (not namespaces)

@@ -180,3 +180,41 @@ def test_a_devcluster_that_cannot_start_ends_the_demo_with_its_cause_not_a_trace
     lines: list[str] = []
     assert Demo(Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "out"), echo=lines.append).run() == 1
     assert "!! The demo failed: Go is not installed (no `go` on PATH)" in lines
+
+
+def test_the_pod_runner_publishes_a_server_as_ready_only_once_it_answers_ready(tmp_path: Path) -> None:
+    import http.server
+    import subprocess
+    import threading
+
+    from modelops.devcluster.podrunner import PodRunner, RunningPod
+
+    answers = [503, 200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(answers.pop(0) if self.path == "/v2/health/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint_file = tmp_path / "pods" / "demo" / "p1.json"
+    endpoint_file.parent.mkdir(parents=True)
+    endpoint = {"port": server.server_address[1], "model": "m", "version": "1", "ready": False}
+    endpoint_file.write_text(json.dumps(endpoint))
+    process = subprocess.Popen(["sleep", "60"])
+    running = RunningPod("uid", "demo", "p1", server.server_address[1], process, "pod-demo-p1", endpoint_file, endpoint)
+    runner = PodRunner(client.ApiClient(), tmp_path, ("demo",))
+    try:
+        runner._probe(running)
+        assert not running.ready and json.loads(endpoint_file.read_text())["ready"] is False  # loading: no traffic yet
+        runner._probe(running)
+        assert running.ready and json.loads(endpoint_file.read_text())["ready"] is True
+    finally:
+        process.kill()
+        process.wait()
+        server.shutdown()
+        server.server_close()

@@ -12,7 +12,9 @@ MODULES = [
     "modelops.planning.analysis",
     "modelops.planning.compare",
     "modelops.planning.names",
+    "modelops.planning.policy",
     "modelops.planning.routers",
+    "modelops.devcluster.targets",
     "modelops.devcluster.toolchain",
 ]
 

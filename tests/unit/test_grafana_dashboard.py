@@ -100,7 +100,7 @@ def test_the_collected_series_are_the_ones_the_code_exports() -> None:
     assert "modelops_canary_weight" in OPERATOR_SERIES and OPERATOR_SERIES["modelops_canary_weight"] == {"namespace", "modeldeployment"}
     assert "mlserve_request_duration_seconds_bucket" in SERVER_SERIES
     assert "le" in SERVER_SERIES["mlserve_request_duration_seconds_bucket"]
-    assert "mlserve_requests_total" in SERVER_SERIES and "endpoint" in SERVER_SERIES["mlserve_requests_total"]
+    assert "mlserve_requests_total" in SERVER_SERIES and "api" in SERVER_SERIES["mlserve_requests_total"]
 
 
 @pytest.fixture(scope="module")

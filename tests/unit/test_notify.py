@@ -37,7 +37,7 @@ def dripping() -> Iterator[DrippingReceiver]:
 
 
 def test_a_dripping_receiver_is_cut_at_the_total_deadline(dripping: DrippingReceiver, caplog: pytest.LogCaptureFixture) -> None:
-    settings = notify.DeliverySettings(deadline_seconds=0.5, attempts=2, backoff_seconds=0.01)
+    settings = notify.DeliverySettings(deadline_seconds=0.5, attempts=2, backoff_seconds=0.01, allowed_hosts=("127.0.0.1",))
     assert not _deliver(notify.notification(f"{dripping.url}/hook", "ml", "m", RUN), settings)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(lines) == 2 and all("no complete answer within 0.5s" in line for line in lines)
@@ -138,9 +138,9 @@ class RecordingNotifier:
         self.results.pop((namespace, name, job), None)
 
 
-def _with_finished_run(notified: bool | None = None) -> FakeCluster:
+def _with_finished_run(notified: bool | None = None, target: dict[str, Any] | None = None) -> FakeCluster:
     retraining: dict[str, Any] = {"jobTemplate": {"template": {"spec": {"containers": [{"name": "t", "image": "t:1"}]}}},
-                                  "notify": {"url": SECRET_URL}}
+                                  "notify": target or {"url": SECRET_URL}}
     cluster = FakeCluster(body(retraining=retraining))
     reconcile(cluster, cluster.body, "2026-11-26T12:00:00Z")
     run = RUN.model_dump(mode="json", by_alias=True) | {"notified": notified}
@@ -170,3 +170,80 @@ def test_a_recorded_outcome_is_never_announced_again() -> None:
     notifier = RecordingNotifier()
     reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:00:01Z", notifier=notifier)  # type: ignore[arg-type]
     assert notifier.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "problem"),
+    [
+        ("https://hooks.example.com/x", (), None),
+        ("https://hooks.example.com/x", ("hooks.example.com",), None),
+        ("https://a.b.example.com/x", ("*.example.com",), None),
+        ("https://example.com.evil.test/x", ("*.example.com",), "host example.com.evil.test is not in --notify-allowed-hosts"),
+        ("https://evilexample.com/x", ("*.example.com",), "host evilexample.com is not in --notify-allowed-hosts"),
+        ("http://127.0.0.1:8080/x", (), "host 127.0.0.1 is a loopback, link-local or unspecified address"),
+        ("http://[::1]/x", (), "host ::1 is a loopback, link-local or unspecified address"),
+        ("http://169.254.169.254/latest/meta-data/", (), "host 169.254.169.254 is a loopback, link-local or unspecified address"),
+        ("http://0.0.0.0/x", (), "host 0.0.0.0 is a loopback, link-local or unspecified address"),
+        ("http://127.0.0.1:8080/x", ("127.0.0.1",), None),  # listed exactly by the admin: allowed
+        ("file:///etc/passwd", (), "only http and https URLs with a host are allowed"),
+    ],
+)
+def test_destinations_are_checked_before_any_connection(url: str, allowed: tuple[str, ...], problem: str | None) -> None:
+    assert notify.destination_problem(url, allowed) == problem
+
+
+def test_a_refused_destination_is_never_contacted_and_its_url_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    posts: list[httpx.Request] = []
+    settings = notify.DeliverySettings(allowed_hosts=("hooks.example.com",), backoff_seconds=0.01)
+    url = "https://internal.corp.test/admin/reset?token=s3cr3t"
+    transport = httpx.MockTransport(lambda request: posts.append(request) or httpx.Response(204))  # type: ignore[func-returns-value]
+    assert not _deliver(notify.notification(url, "ml", "m", RUN), settings, transport)
+    assert posts == []
+    assert "refused: host internal.corp.test is not in --notify-allowed-hosts" in caplog.text
+    assert "s3cr3t" not in caplog.text and "/admin" not in caplog.text
+
+
+def test_redirects_are_not_followed() -> None:
+    posts: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(307, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+
+    settings = notify.DeliverySettings(attempts=1)
+    assert not _deliver(notify.notification("https://hooks.example.com/x", "ml", "m", RUN), settings, httpx.MockTransport(answer))
+    assert [str(request.url) for request in posts] == ["https://hooks.example.com/x"]
+
+
+def test_the_url_can_come_from_the_namespaces_notify_secret_and_appears_nowhere_in_status_or_events() -> None:
+    cluster = _with_finished_run(target={"urlFrom": {"secretKeyRef": {"name": "modelops-notify", "key": "slack"}}})
+    cluster.secrets[("ns", "slack")] = SECRET_URL
+    notifier = RecordingNotifier()
+    outcome = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:00:01Z", notifier=notifier)  # type: ignore[arg-type]
+    [item] = notifier.submitted
+    assert item.url == SECRET_URL
+    notifier.results[("ns", "m", "m-retrain-1")] = True
+    later = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:00:02Z", notifier=notifier)  # type: ignore[arg-type]
+    assert cluster.body["status"]["retraining"]["lastRun"]["notified"] is True
+    for text in (str(cluster.body["status"]), *(e.message for e in outcome.events + later.events)):
+        assert "s3cr3t" not in text and "hooks.example.com" not in text
+
+
+def test_a_missing_notify_secret_key_is_recorded_as_not_delivered_with_a_warning() -> None:
+    cluster = _with_finished_run(target={"urlFrom": {"secretKeyRef": {"name": "modelops-notify", "key": "slack"}}})
+    notifier = RecordingNotifier()
+    outcome = reconcile(cluster, cluster.get_modeldeployment("ns", "m"), "2026-11-26T12:00:01Z", notifier=notifier)  # type: ignore[arg-type]
+    assert notifier.submitted == []
+    assert cluster.body["status"]["retraining"]["lastRun"]["notified"] is False
+    assert [(e.reason, e.message) for e in outcome.events] == [
+        ("NotifyFailed", "1.1 not announced: Secret modelops-notify has no key 'slack' in namespace ns")]
+
+
+def test_the_notify_secret_name_is_fixed_and_url_and_urlfrom_exclude_each_other() -> None:
+    from pydantic import ValidationError
+
+    from modelops.api.v1alpha1 import NotifySpec
+
+    with pytest.raises(ValidationError, match="modelops-notify"):
+        NotifySpec.model_validate({"urlFrom": {"secretKeyRef": {"name": "db-password", "key": "url"}}})
+    assert NotifySpec.model_validate({"urlFrom": {"secretKeyRef": {"name": "modelops-notify", "key": "url"}}}).url is None

@@ -29,6 +29,7 @@ class FakeCluster:
         self.fail_next: dict[str, list[Exception]] = {}
         self.foreign: dict[tuple[str, str], list[str]] = {}
         self.templates: dict[str, str] = {}
+        self.secrets: dict[tuple[str, str], str] = {}  # (namespace, key) of Secret modelops-notify -> value
 
     @property
     def body(self) -> dict[str, Any]:
@@ -72,10 +73,14 @@ class FakeCluster:
     def get_metric_template(self, name: str) -> str | None:
         return self.templates.get(name)
 
+    def notify_url(self, namespace: str, key: str) -> str | None:
+        self.calls.append(f"read Secret modelops-notify {key}")
+        return self.secrets.get((namespace, key))
+
     def list_children(self, namespace: str, owner: str, owner_uid: str) -> dict[str, list[dict[str, Any]]]:
         self._inject("list_children")
         self.calls.append("list")
-        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": [], "HTTPRoute": [], "ControllerRevision": []}
+        result: dict[str, list[dict[str, Any]]] = {"Deployment": [], "Service": [], "HorizontalPodAutoscaler": [], "HTTPRoute": [], "ControllerRevision": [], "Job": []}
         for kind, name in sorted(self.owned.get(owner, ())):
             result[kind].append(copy.deepcopy(self.objects[(kind, name)]))
         return result
@@ -114,6 +119,19 @@ class FakeCluster:
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.calls.append(f"event {reason}")
+
+    namespace_labels: dict[str, str] | ApiError = {}
+    creation_failure: str | None = None
+
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        self.calls.append(f"read Namespace {name}")
+        if isinstance(self.namespace_labels, ApiError):
+            raise self.namespace_labels
+        return {"metadata": {"name": name, "labels": dict(self.namespace_labels)}}
+
+    def pod_creation_failure(self, namespace: str, job: str) -> str | None:
+        self.calls.append(f"read FailedCreate {job}")
+        return self.creation_failure
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -302,3 +320,65 @@ def test_an_unreadable_status_field_writes_no_child_keeps_the_field_and_warns_on
     assert [e.reason for e in outcome.events] == ["StatusUnreadable"]
     again = _pass(cluster, "2026-11-26T12:02:00Z")
     assert again.events == [] and not again.wrote
+
+
+SECRET_ENV = [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]
+
+
+def test_the_namespace_is_read_only_for_a_spec_that_needs_an_opt_in() -> None:
+    plain = FakeCluster(body())
+    reconcile(plain, plain.body, NOW)
+    assert not [call for call in plain.calls if call.startswith("read Namespace")]
+    reading = FakeCluster(body(runtime={"image": "registry.example/server:1", "env": SECRET_ENV}))
+    reading.namespace_labels = {"modelops.dev/allow-secret-refs": "true"}
+    outcome = reconcile(reading, reading.body, NOW)
+    assert "read Namespace ns" in reading.calls
+    assert "Deployment m-1-0" in outcome.applied
+
+
+def test_a_secret_reference_without_the_opt_in_writes_no_deployment_and_status_names_the_rule() -> None:
+    cluster = FakeCluster(body(runtime={"image": "registry.example/server:1", "env": SECRET_ENV}))
+    outcome = reconcile(cluster, cluster.body, NOW)
+    assert not [label for label in outcome.applied if label.startswith("Deployment")]
+    degraded = next(c for c in cluster.body["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "PolicyRefused"
+    assert degraded["message"].startswith("spec.runtime.env[0].valueFrom.secretKeyRef: Secret references need the label")
+    assert "(rule secret-refs)" in degraded["message"]
+
+
+def test_an_unreadable_namespace_fails_closed_and_says_why() -> None:
+    cluster = FakeCluster(body(runtime={"image": "registry.example/server:1", "env": SECRET_ENV}))
+    cluster.namespace_labels = ApiError(403, 'namespaces "ns" is forbidden')
+    outcome = reconcile(cluster, cluster.body, NOW)
+    assert not [label for label in outcome.applied if label.startswith("Deployment")]
+    degraded = next(c for c in cluster.body["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "PolicyRefused"
+    assert 'cannot read namespace ns: namespaces "ns" is forbidden' in degraded["message"]
+
+
+def _retraining_body() -> dict[str, Any]:
+    return body(retraining={"jobTemplate": {"template": {"spec": {"containers": [{"name": "t", "image": "trainer:1"}]}}}})
+
+
+def test_a_job_whose_pods_cannot_be_created_fails_its_run_with_the_reason() -> None:
+    cluster = FakeCluster(_retraining_body())
+    cluster.body["metadata"]["annotations"] = {"modelops.dev/action.retrain": "t1"}
+    reconcile(cluster, cluster.body, NOW)
+    assert cluster.body["status"]["retraining"]["lastRun"]["outcome"] == "Running"
+    job = cluster.objects[("Job", "m-retrain-1")]
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True  # the restricted defaults
+    cluster.creation_failure = 'pods "m-retrain-1-x" is forbidden: violates PodSecurity "restricted:latest"'
+    reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
+    run = cluster.body["status"]["retraining"]["lastRun"]
+    assert run["outcome"] == "Failed"
+    assert run["reason"].startswith('FailedCreate: pods "m-retrain-1-x" is forbidden: violates PodSecurity')
+
+
+def test_a_job_with_pods_is_not_asked_for_creation_failures() -> None:
+    cluster = FakeCluster(_retraining_body())
+    cluster.body["metadata"]["annotations"] = {"modelops.dev/action.retrain": "t1"}
+    reconcile(cluster, cluster.body, NOW)
+    cluster.objects[("Job", "m-retrain-1")]["status"] = {"active": 1}
+    cluster.calls.clear()
+    reconcile(cluster, cluster.get_modeldeployment("ns", "m"), NOW)  # type: ignore[arg-type]
+    assert not [call for call in cluster.calls if call.startswith("read FailedCreate")]

@@ -479,6 +479,12 @@ class RolloutSpec(ApiModel):
 TEMPLATE_PLACEHOLDERS = ("namespace", "model", "version")
 
 
+PLACEHOLDER_AFTER_OTHER_THAN_EQUALS = r'(^|[^=\s])\s*"\{\{'
+"""RE2: a quoted placeholder whose preceding non-space character is not ``=`` (so ``=~``, ``!~``, a comment...)."""
+NAMESPACE_SELECTED = r'(^|[^a-zA-Z0-9_])namespace\s*=\s*"\{\{namespace\}\}"'
+"""RE2: the matcher ``namespace="{{namespace}}"`` (equality on the label ``namespace`` itself)."""
+
+
 class ClusterMetricTemplateSpec(ApiModel):
     """A PromQL query that admins own, for checks of type template."""
 
@@ -492,9 +498,17 @@ class ClusterMetricTemplateSpec(ApiModel):
                     'label="{{model}}"',
                     ".query",
                 ),
+                # The character before a placeholder (whitespace aside) must be the "=" of = or !=: that
+                # refuses =~ and !~ however spaced, and a comment between operator and value.
                 cel(
-                    "!self.query.contains('~\"{{')",
-                    "placeholders may only be used with =, never in a regular expression (=~ or !~)",
+                    "!self.query.matches(r'" + PLACEHOLDER_AFTER_OTHER_THAN_EQUALS + "')",
+                    "placeholders may only be used with = or !=, never in a regular expression (=~ or !~)",
+                    ".query",
+                ),
+                cel(
+                    "self.query.matches(r'" + NAMESPACE_SELECTED + "')",
+                    'the query must select the namespace: namespace="{{namespace}}" (a template without it can read '
+                    "another team's series)",
                     ".query",
                 ),
             ]
@@ -560,11 +574,44 @@ class MonitoringSpec(ApiModel):
     """After a promotion, how long the previous stable is kept running so that a rollback action can restore it."""
 
 
-class NotifySpec(ApiModel):
-    """Where to announce a retraining candidate (for example a GitOps bot that opens a pull request)."""
+NOTIFY_SECRET = "modelops-notify"
 
-    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
-    """The candidate is POSTed here as JSON (5 s timeout, 3 attempts)."""
+
+class NotifySecretKeyRef(ApiModel):
+    """A key of the namespace's Secret ``modelops-notify``, the only Secret the operator may read."""
+
+    name: str = Field(max_length=253, pattern=f"^{NOTIFY_SECRET}$")
+    """Always "modelops-notify": the operator's RBAC grants `get` on Secrets of that name only (resourceNames), so it
+    can read no other Secret of any namespace."""
+
+    key: str = Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key holding the URL."""
+
+
+class NotifyUrlSource(ApiModel):
+    """Where the URL comes from."""
+
+    secret_key_ref: NotifySecretKeyRef
+    """A key of the Secret modelops-notify in the ModelDeployment's namespace."""
+
+
+class NotifySpec(ApiModel):
+    """Where to announce a retraining candidate (for example a GitOps bot that opens a pull request). The URL is
+    never logged (scheme and host only), never put in status or events, redirects are not followed, and the
+    operator's --notify-allowed-hosts restricts where it may go."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("has(self.url) != has(self.urlFrom)", "notify needs exactly one of url and urlFrom")]
+        }
+    )
+
+    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    """The candidate is POSTed here as JSON (a total deadline per attempt, 3 attempts). Slack-style URLs are
+    credentials: prefer urlFrom."""
+
+    url_from: NotifyUrlSource | None = None
+    """The URL, from a key of the namespace's Secret modelops-notify."""
 
 
 class RetrainingSpec(ApiModel):

@@ -31,7 +31,7 @@ class Marker:
 
 
 def latency_query(namespace: str, model: str, window: str = "20s") -> str:
-    selector = f"namespace={escape_label_value(namespace)}, model={escape_label_value(model)}, endpoint=\"infer\""
+    selector = f"namespace={escape_label_value(namespace)}, model={escape_label_value(model)}, api=\"infer\""
     return f"histogram_quantile(0.99, sum by (version, le) (rate(mlserve_request_duration_seconds_bucket{{{selector}}}[{window}])))"
 
 

@@ -87,7 +87,7 @@ class Gateway:
         return route_weights(route)
 
     def backends(self) -> list[Backend]:
-        published = {e["pod"]: int(e["port"]) for e in endpoints(self.state_dir, self.namespace)}
+        published = {e["pod"]: int(e["port"]) for e in endpoints(self.state_dir, self.namespace) if e.get("ready")}
         resolved = []
         for service_name, weight in self.weights().items():
             service = self.core.read_namespaced_service(service_name, self.namespace, _request_timeout=API_TIMEOUT_SECONDS)

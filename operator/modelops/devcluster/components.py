@@ -168,12 +168,19 @@ def kwok(binaries: Binaries, state: StateLayout) -> Component:
 
 
 def prometheus_config(state: StateLayout) -> dict[str, Any]:
-    """1 s scrapes of whatever is registered in the file_sd folder (see ``targets``)."""
+    """1 s scrapes of whatever is registered in the file_sd folder (see ``targets``).
+
+    ``honor_labels`` is false, as with a PodMonitor without ``honorLabels``: the target labels
+    (``namespace``, ``pod``, ``model``, ``version``, ... see ``targets.pod_target_labels``) win
+    over labels of the same name a scraped server exports, which Prometheus keeps as
+    ``exported_<name>``. That is what makes the metrics contract unforgeable across namespaces.
+    """
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
             {
                 "job_name": PROMETHEUS_SCRAPE_JOB,
+                "honor_labels": False,
                 "file_sd_configs": [{"files": [str(state.prometheus_targets / "*.json")], "refresh_interval": "5s"}],
             }
         ],

@@ -92,6 +92,7 @@ class LocalOperator:
     user: str = OPERATOR_USER
     metrics_port: int = 0
     liveness_port: int = 0
+    notify_allowed_hosts: tuple[str, ...] = ()  # receivers on this machine (127.0.0.1) must be listed: loopback is refused by default
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def command(self) -> list[str]:
@@ -105,6 +106,7 @@ class LocalOperator:
             f"--metrics-port={self.metrics_port}",
             "--metrics-address=127.0.0.1",
             f"--analysis-tick-seconds={self.analysis_tick_seconds}",
+            *(f"--notify-allowed-hosts={host}" for host in self.notify_allowed_hosts),
         ]
 
     def log_text(self) -> str:

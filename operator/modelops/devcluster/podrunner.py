@@ -3,12 +3,16 @@
 kwok makes pods Ready without running anything, and pod IPs here are fake. For the demo and
 end-to-end tests, this runner watches the cluster's pods and, for every Running pod whose
 container runs the reference model server, starts ``modelops serve`` on a loopback port with the
-pod's environment. It registers the process with Prometheus under the pod's ``namespace`` and
-``pod`` labels, and stops it when the pod goes away. The operator knows nothing of this: it sees
-only the Kubernetes API and Prometheus, as in production.
+pod's environment. It registers the process with Prometheus under the target labels the
+documented PodMonitor would give the pod (``namespace``, ``pod``, and ``model``/``version`` from
+its modelops labels: ``targets.pod_target_labels``), and stops it when the pod goes away. The
+operator knows nothing of this: it sees only the Kubernetes API and Prometheus, as in production.
 
 Where each pod's server listens is written to ``<state>/pods/<namespace>/<pod>.json``
-(``{"port", "model", "version"}``), so traffic generators can find the versions' endpoints.
+(``{"port", "model", "version", "ready"}``), so traffic generators can find the versions'
+endpoints. ``ready`` turns true once the server's ready endpoint answers 200, as the kubelet's
+readiness probe would gate the pod's Service endpoints (kwok marks pods Ready at once, and
+``modelops serve`` listens before its artifact is loaded): traffic goes to ready servers only.
 
 It also runs Job pods whose container command is ``modelops ...`` (for example the reference
 retraining step ``modelops train``) to completion, once, and writes what the kubelet would: the
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from kubernetes import client
 
 from modelops.devcluster import processes, targets
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 SERVER_IMAGE_MARKER = "model-server"
 REQUEST_TIMEOUT_SECONDS = 10
 STOP_GRACE_SECONDS = 10
+PROBE_TIMEOUT_SECONDS = 1
 
 
 @dataclass
@@ -61,6 +67,8 @@ class RunningPod:
     process: subprocess.Popen[bytes]
     target: str
     endpoint_file: Path
+    endpoint: dict[str, Any]
+    ready: bool = False
 
 
 
@@ -151,6 +159,8 @@ class PodRunner:
         for uid, pod in wanted.items():
             current = self.running.get(uid)
             if current is not None and current.process.poll() is None:
+                if not current.ready:
+                    self._probe(current)
                 continue
             if current is not None:
                 log.warning("server for %s/%s exited with %s; restarting it", current.namespace, current.name, current.process.returncode)
@@ -221,14 +231,25 @@ class PodRunner:
                 env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             )
         target = f"pod-{namespace}-{name}"[:63].rstrip("-.").lower()
-        targets.register(self.targets_dir, target, f"127.0.0.1:{port}", {"namespace": namespace, "pod": name})
+        scrape_labels = targets.pod_target_labels(namespace, name, pod.metadata.labels or {}, pod.spec.containers[0].name)
+        targets.register(self.targets_dir, target, f"127.0.0.1:{port}", scrape_labels)
         endpoint_file = self.endpoints_dir / namespace / f"{name}.json"
         endpoint_file.parent.mkdir(parents=True, exist_ok=True)
         endpoint = {"port": port, "model": environment.get("MODEL_NAME", ""), "version": environment.get("MODEL_VERSION", ""),
-                    "pid": process.pid, "startTicks": processes.start_ticks(process.pid), "target": target}
+                    "pid": process.pid, "startTicks": processes.start_ticks(process.pid), "target": target, "ready": False}
         endpoint_file.write_text(json.dumps(endpoint))
         log.info("started modelops serve for %s/%s on 127.0.0.1:%d", namespace, name, port)
-        return RunningPod(pod.metadata.uid, namespace, name, port, process, target, endpoint_file)
+        return RunningPod(pod.metadata.uid, namespace, name, port, process, target, endpoint_file, endpoint)
+
+    def _probe(self, running: RunningPod) -> None:
+        """The readiness probe: once the server answers ready, its endpoint file says so (once; never reverted)."""
+        url = f"http://127.0.0.1:{running.port}/v2/health/ready"
+        try:
+            running.ready = httpx.get(url, timeout=PROBE_TIMEOUT_SECONDS).status_code == 200
+        except httpx.HTTPError:
+            return
+        if running.ready:
+            running.endpoint_file.write_text(json.dumps(running.endpoint | {"ready": True}))
 
     def _stop(self, running: RunningPod) -> None:
         targets.unregister(self.targets_dir, running.target)

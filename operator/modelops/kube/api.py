@@ -10,6 +10,7 @@ urllib3's ``MaxRetryError``) become ``ApiError`` with status 0, so callers handl
 exception type; :attr:`ApiError.transient` says whether trying again later can help.
 """
 
+import base64
 import datetime
 import functools
 import json
@@ -26,7 +27,11 @@ from modelops.api import v1alpha1
 from modelops.planning.children import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 
 REQUEST_TIMEOUT_SECONDS = 15
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # set by the Job controller on the pods it creates
+MAX_MESSAGES = 8  # distinct termination messages read from one Job's pods
 LIST_PAGE_SIZE = 500
+MAX_EVENTS_READ = 20
+MAX_FAILURE_MESSAGE = 512
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,13 @@ class ClusterApi(Protocol):
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None) -> None: ...
 
-    def termination_message(self, namespace: str, job: str) -> str | None: ...
+    def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]: ...
+
+    def notify_url(self, namespace: str, key: str) -> str | None: ...
+
+    def get_namespace(self, name: str) -> dict[str, Any] | None: ...
+
+    def pod_creation_failure(self, namespace: str, job: str) -> str | None: ...
 
     def post_event(self, owner: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
@@ -132,6 +143,16 @@ class KubernetesClusterApi:
                     _request_timeout=REQUEST_TIMEOUT_SECONDS,
                 )
             )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+
+    @_transport_errors_as_api_errors
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        """Namespace ``name`` (its labels and annotations carry the admin's tenant limits); None when gone."""
+        try:
+            return self._serialize(self._core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT_SECONDS))
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -219,21 +240,67 @@ class KubernetesClusterApi:
         return result
 
     @_transport_errors_as_api_errors
-    def termination_message(self, namespace: str, job: str) -> str | None:
-        """The termination message of the Job's most recent pod that wrote one (None: none yet)."""
+    @_transport_errors_as_api_errors
+    def notify_url(self, namespace: str, key: str) -> str | None:
+        """``key`` of the namespace's Secret ``modelops-notify`` (None when the Secret or the key is missing).
+
+        The only Secret the operator reads: its RBAC names it (resourceNames), so it cannot read any other.
+        """
+        try:
+            found = self._core.read_namespaced_secret(v1alpha1.NOTIFY_SECRET, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _error(error) from error
+        encoded = (found.data or {}).get(key)
+        if encoded is None:
+            return None
+        return base64.b64decode(encoded).decode(errors="replace").strip()[:2048]
+
+    def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]:
+        """The distinct termination messages of the Job's pods that exited 0, newest first ([]: none yet).
+
+        Only the Job's own pods count: selected by the label the Job controller sets
+        (``batch.kubernetes.io/controller-uid``) and checked for a controller ownerReference to
+        that uid, so a pod someone labelled ``job-name=<job>`` is ignored. The Job controller
+        does adopt an orphan pod that carries its uid label; such a pod's message then appears
+        here beside the real one, and planning trusts no candidate when they differ.
+        """
+        if not job_uid:
+            return []
         try:
             pods = self._core.list_namespaced_pod(
-                namespace, label_selector=f"job-name={job}", _request_timeout=REQUEST_TIMEOUT_SECONDS
+                namespace, label_selector=f"{JOB_UID_LABEL}={job_uid}", _request_timeout=REQUEST_TIMEOUT_SECONDS
             ).items
         except ApiException as error:
             raise _error(error) from error
         messages = []
         for pod in pods:
+            if not _pod_of_job(pod, job_uid):
+                continue
             for container in (pod.status.container_statuses or []) if pod.status else []:
                 terminated = container.state.terminated if container.state else None
-                if terminated is not None and terminated.message:
-                    messages.append((terminated.finished_at or pod.metadata.creation_timestamp, terminated.message))
-        return max(messages, key=lambda item: str(item[0]))[1] if messages else None
+                if terminated is not None and terminated.message and terminated.exit_code == 0:
+                    messages.append((str(terminated.finished_at or pod.metadata.creation_timestamp), terminated.message))
+        newest_first = [message for _, message in sorted(messages, reverse=True)]
+        return list(dict.fromkeys(newest_first))[:MAX_MESSAGES]
+
+    @_transport_errors_as_api_errors
+    def pod_creation_failure(self, namespace: str, job: str) -> str | None:
+        """Why the Job controller could not create the Job's pods (its latest FailedCreate event), or None.
+
+        The Job controller reports this only as events, never as a Job condition: a pod refused by
+        Pod Security admission or a quota would otherwise leave the Job pending until its deadline.
+        """
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+        try:
+            events = self._core.list_namespaced_event(
+                namespace, field_selector=selector, limit=MAX_EVENTS_READ, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            ).items
+        except ApiException as error:
+            raise _error(error) from error
+        latest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp), default=None)
+        return str(latest.message or "FailedCreate")[:MAX_FAILURE_MESSAGE] if latest is not None else None
 
     @_transport_errors_as_api_errors
     def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> None:
@@ -361,6 +428,12 @@ class KubernetesClusterApi:
             return dict(self._custom.list_namespaced_custom_object(v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, **arguments))
         except ApiException as error:
             raise _error(error) from error
+
+
+def _pod_of_job(pod: Any, job_uid: str) -> bool:
+    """Whether ``pod`` (a client model) is controlled by the Job with ``job_uid``."""
+    references = (pod.metadata.owner_references if pod.metadata else None) or []
+    return any(reference.controller and reference.kind == "Job" and reference.uid == job_uid for reference in references)
 
 
 def _controlled_by(item: Mapping[str, Any], owner_uid: str) -> bool:

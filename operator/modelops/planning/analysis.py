@@ -19,6 +19,14 @@ Verdicts:
   the result, so a stopped or crashing drift loop reads NoData, not its last score.
 - **Error**: the query itself failed (Prometheus down, timeout, bad answer). Never a pass.
 
+**The keys are the scrape target's labels, never the workload's.** ``namespace`` is the
+pod's namespace, and ``model`` and ``version`` are the pod's ``modelops.dev/deployment`` and
+``modelops.dev/version`` labels (which the operator sets), all attached by the scraper with
+``honor_labels: false``, so they overwrite whatever the server exports under those names (that
+becomes ``exported_namespace`` and so on). A pod can therefore reach only the checks of its own
+namespace, and only of the version its pod labels name (docs/metrics.md, "Labels").
+Request series are selected by the server's ``api="infer"``, a name no scraper sets.
+
 Label values that come from users (a feature or attribute name) are emitted only as
 escaped string literals in ``=`` matchers, never in regular expressions; the CRD pattern
 restricts them further.
@@ -132,18 +140,18 @@ def value_query(check: Check, scope: str = "") -> str:
     if check.type == "latencyP99":
         return (
             f"histogram_quantile(0.99, sum by ({GROUPING}, le) "
-            f'(rate(mlserve_request_duration_seconds_bucket{{endpoint="infer"{scope}}}[{window}])))'
+            f'(rate(mlserve_request_duration_seconds_bucket{{api="infer"{scope}}}[{window}])))'
         )
     if check.type == "errorRate":
-        requests = f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
+        requests = f'sum by ({GROUPING}) (rate(mlserve_requests_total{{api="infer"{scope}}}[{window}]))'
         errors = (
             f"sum by ({GROUPING}) (rate(mlserve_requests_total"
-            f'{{endpoint="infer", outcome=~"server_error|timeout"{scope}}}[{window}]))'
+            f'{{api="infer", outcome=~"server_error|timeout"{scope}}}[{window}]))'
         )
         # "or 0 * requests": a version with traffic and no errors has no error series at all.
         return f"({errors} or 0 * {requests}) / {requests}"
     if check.type == "requestRate":
-        return f'sum by ({GROUPING}) (rate(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
+        return f'sum by ({GROUPING}) (rate(mlserve_requests_total{{api="infer"{scope}}}[{window}]))'
     if check.type == "featureDrift":
         feature = f", feature={escape_label_value(check.feature)}" if check.feature else ""
         scores = f'mlmon_feature_drift_score{{method="psi"{feature}{scope}}}'
@@ -165,7 +173,7 @@ def sample_query(check: Check, scope: str = "") -> str | None:
         return None
     window = _window(check)
     if check.type in ("latencyP99", "errorRate", "requestRate"):
-        return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{endpoint="infer"{scope}}}[{window}]))'
+        return f'sum by ({GROUPING}) (increase(mlserve_requests_total{{api="infer"{scope}}}[{window}]))'
     if check.type == "featureDrift":
         samples = f'mlmon_window_samples{{window="current"{scope}}}'
         return f"min by ({GROUPING}) ({samples} and ignoring(window) {fresh_drift(scope)})"

@@ -38,6 +38,7 @@ from modelops.api.v1alpha1 import (
 from modelops.api.timestamps import canonical_or
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner, common_labels
+from modelops.planning.policy import NamespacePolicy, job_template_refusals, with_restricted_defaults
 from modelops.planning.rollout import Event, _after, _elapsed
 
 TERMINATION_MESSAGE_GRACE_SECONDS = 300
@@ -130,6 +131,8 @@ class ObservedJob:
     reason: str = ""
     finished_at: str | None = None
     termination_message: str | None = None
+    uid: str = ""  # the Job's uid: its pods carry it (batch.kubernetes.io/controller-uid) and reference it as controller
+    conflicting_messages: int = 0  # pods of the Job that exited 0 with different messages (then none is trusted)
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,16 @@ def job_name(owner: Owner, run: int) -> str:
     return f"{owner.name}-retrain-{run}"
 
 
+MAX_MESSAGE_BYTES = 4096  # what the kubelet keeps of a termination message
+
+
 def parse_candidate(message: str | None) -> tuple[Candidate | None, str]:
+    """The candidate a Job's pod reported, validated against the ``Candidate`` schema and its bounds
+    (a version and URI of the API's patterns, at most 20 numeric metrics); anything else is no candidate."""
     if not message:
         return None, "the Job wrote no termination message"
+    if len(message.encode()) > MAX_MESSAGE_BYTES:
+        return None, f"termination message is not a candidate (longer than {MAX_MESSAGE_BYTES} bytes)"
     try:
         return Candidate.model_validate(json.loads(message)), ""
     except (ValueError, ValidationError) as error:
@@ -176,6 +186,7 @@ def job_manifest(
     template.setdefault("ttlSecondsAfterFinished", 7 * 24 * 3600)
     pod = template.setdefault("template", {}).setdefault("spec", {})
     pod.setdefault("restartPolicy", "Never")
+    with_restricted_defaults(pod)  # else a namespace enforcing `restricted` creates no pod (FailedCreate)
     context = [
         {"name": "MODELOPS_MODEL_NAME", "value": owner.name},
         {"name": "MODELOPS_CURRENT_VERSION", "value": version},
@@ -205,7 +216,13 @@ def decide_retraining(
     job: ObservedJob | None,
     now: str,
     serving: tuple[str, str] | None = None,
+    policy: NamespacePolicy | None = None,
 ) -> RetrainingDecision:
+    """The retraining status after this pass, and the Job to create if a run starts.
+
+    A run whose Job the tenant policy refuses (``planning.policy``, ``policy`` defaults to the
+    strictest) is recorded as failed at once, with the rules it breaks: no Job is created.
+    """
     if spec.retraining is None:
         return RetrainingDecision(status)
     current = status or RetrainingStatus()
@@ -219,9 +236,12 @@ def decide_retraining(
             run = run.model_copy(update={"outcome": "Failed", "finished_at": canonical_or(job.finished_at, now), "reason": job.reason[:1024]})
             events.append(Event("Warning", "RetrainingFailed", f"{run.job} failed: {job.reason}; next attempt after the cooldown"))
         elif job.succeeded:
-            if job.termination_message is None and not _message_overdue(job, now):
+            if job.termination_message is None and not job.conflicting_messages and not _message_overdue(job, now):
                 return RetrainingDecision(current, needs_message=job.name)
             candidate, problem = parse_candidate(job.termination_message)
+            if job.conflicting_messages:
+                candidate, problem = None, (f"{job.conflicting_messages} pods of the Job report different termination messages: "
+                                            "no candidate is trusted (a pod with the Job's labels was adopted by it?)")
             run = run.model_copy(update={"outcome": "Succeeded", "finished_at": canonical_or(job.finished_at, now), "candidate": candidate, "reason": problem})
             message = f"{run.job} produced candidate {candidate.version} ({candidate.uri})" if candidate else f"{run.job}: {problem}"
             events.append(Event("Normal" if candidate else "Warning", "RetrainingSucceeded", message))
@@ -237,9 +257,16 @@ def decide_retraining(
     number = current.runs + 1
     name = job_name(owner, number)
     started = RetrainingRun(job=name, trigger=trigger[:512], started_at=now)
+    cooldown_until = _after(now, duration_seconds(spec.retraining.cooldown))
+    refusals = job_template_refusals(spec, policy or NamespacePolicy(owner.namespace))
+    if refusals:
+        reason = f"PolicyRefused: {'; '.join(str(r) for r in refusals)}"[:1024]
+        refused = started.model_copy(update={"outcome": "Failed", "finished_at": now, "reason": reason})
+        events.append(Event("Warning", "RetrainingFailed", f"{name} not created: {reason}"))
+        return RetrainingDecision(RetrainingStatus(runs=number, cooldown_until=cooldown_until, last_run=refused), events=tuple(events))
     events.append(Event("Normal", "RetrainingStarted", f"{name}: {trigger}"))
     return RetrainingDecision(
-        RetrainingStatus(runs=number, cooldown_until=_after(now, duration_seconds(spec.retraining.cooldown)), last_run=started),
+        RetrainingStatus(runs=number, cooldown_until=cooldown_until, last_run=started),
         create=job_manifest(owner, spec, name, trigger, features, serving),
         events=tuple(events),
     )

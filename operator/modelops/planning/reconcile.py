@@ -15,7 +15,9 @@ The model of a pass:
    ``replicas`` and an HPA is never fought.
 4. **Delete children of versions that are neither stable, canary, nor the previous stable
    still inside its scale-down delay.**
-5. **Compute the status**, keeping each condition's ``lastTransitionTime`` unless its
+5. **Tenant limits** (``policy``): a Deployment or Job that breaks a rule is not written, and
+   status says which rule (Degraded ``PolicyRefused``).
+6. **Compute the status**, keeping each condition's ``lastTransitionTime`` unless its
    status changed, so an unchanged world yields an identical status and no write.
 """
 
@@ -32,7 +34,7 @@ from modelops.api.v1alpha1 import (
     Track,
     VersionStatus,
 )
-from modelops.planning import children, revisions, routers
+from modelops.planning import children, policy, revisions, routers
 from modelops.planning.analysis import Evaluation
 from modelops.planning.children import Owner
 from modelops.planning.compare import drops_owned_fields, is_applied
@@ -153,6 +155,7 @@ class Plan:
     state: RolloutState
     changing: frozenset[str] = frozenset()
     monitoring: MonitoringOutcome | None = None
+    refusals: tuple[str, ...] = ()  # tenant-policy rules the spec or a child breaks (see ``policy``)
     unreadable: bool = False  # holding on a status it cannot trust: write only ``partial_status_document(status)``
 
 
@@ -366,6 +369,7 @@ def compute_status(
     monitoring: MonitoringOutcome | None = None,
     retraining: RetrainingStatus | None = None,
     traffic_error: str = "",
+    refusals: Sequence[str] = (),
 ) -> ModelDeploymentStatus:
     """The status this pass should leave: equal to ``previous`` when nothing changed.
 
@@ -395,6 +399,8 @@ def compute_status(
     degraded_reason, degraded_message = "AsExpected", "no problems"
     if traffic is not None and traffic[1] == "TrafficSplitUnavailable":
         degraded_reason, degraded_message = traffic[1], "; ".join([traffic[2], *errors])[:1024]
+    elif refusals:
+        degraded_reason, degraded_message = "PolicyRefused", "; ".join([*refusals, *errors])[:1024]
     elif errors:
         degraded_reason, degraded_message = "ApplyFailed", "; ".join(errors)[:1024]
     elif state.hold is not None and state.hold.degraded:
@@ -528,6 +534,7 @@ def plan(
     monitoring_evaluations: Mapping[str, Evaluation] | None = None,
     requested_actions: Mapping[str, str] | None = None,
     action_order: Sequence[str] = (),
+    namespace_policy: policy.NamespacePolicy | None = None,
 ) -> Plan:
     """Everything one pass must write; ``Plan.apply`` and ``Plan.delete`` are empty in steady state.
 
@@ -539,6 +546,7 @@ def plan(
         return Plan(apply=[], delete=[], status=unreadable_status(status, lost, generation, now), events=[],
                     state=previous_state(status), unreadable=True)
     requested = dict(requested_actions or {})
+    limits = namespace_policy or policy.NamespacePolicy(owner.namespace)  # default: the strictest
     monitored = advance_monitoring(spec, status, monitoring_evaluations, now)
     fired = triggers(monitored, spec)
     extra_events: list[Event] = [Event("Warning", "MonitoringAlert", alert) for alert in fired.alerts]
@@ -559,6 +567,7 @@ def plan(
         job=observed.jobs.get(last_run.job) if last_run else None,
         now=now,
         serving=serving_model(spec, status, observed),
+        policy=limits,
     )
     extra_events += retraining.events
     if manual_retrain and retraining.create is None:
@@ -588,10 +597,12 @@ def plan(
             to_apply.append(Apply(manifest))
     for version in sorted({state.stable, state.canary} - {None}):  # type: ignore[type-var]
         to_apply += replica_writes(owner, spec, state, version, observed)
+    to_apply, refused = _within_limits(to_apply, limits)
+    refusals = tuple(dict.fromkeys(str(r) for r in [*policy.spec_refusals(spec, limits), *refused]))
     changing = frozenset(w.manifest["metadata"]["name"] for w in to_apply if w.manifest["kind"] == "Deployment")
     new_status = compute_status(
         owner, spec, status, state, observed, generation, now, changing=changing,
-        monitoring=monitored, retraining=retraining.status,
+        monitoring=monitored, retraining=retraining.status, refusals=refusals,
     )
     return Plan(
         apply=to_apply,
@@ -601,7 +612,22 @@ def plan(
         state=state,
         changing=changing,
         monitoring=monitored,
+        refusals=refusals,
     )
+
+
+def _within_limits(writes: list[Apply], limits: policy.NamespacePolicy) -> tuple[list[Apply], list[policy.Refusal]]:
+    """The writes the tenant policy allows, and the refusals of the others: nothing is written for a
+    refused child (not even its replica count)."""
+    refused: list[policy.Refusal] = []
+    blocked: set[tuple[str, str]] = set()
+    for write in writes:
+        found = policy.manifest_refusals(write.manifest, limits)
+        if found:
+            refused += found
+            blocked.add((write.manifest["kind"], write.manifest["metadata"]["name"]))
+    allowed = [w for w in writes if (w.manifest["kind"], w.manifest["metadata"]["name"]) not in blocked]
+    return allowed, refused
 
 
 def outside_hold(owner: Owner, spec: ModelDeploymentSpec, stable: str, observed: Observed) -> Hold | None:

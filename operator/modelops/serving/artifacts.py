@@ -17,6 +17,7 @@ Formats:
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 import numpy as np
+
+from modelops.serving.redaction import redact_uri, scrub_uris
 
 MAX_ARTIFACT_BYTES = 1 << 30
 DOWNLOAD_TIMEOUT_SECONDS = 60
@@ -74,29 +77,56 @@ class SklearnModel:
 
 
 def fetch(uri: str) -> bytes:
-    """The artifact's bytes from file:// or http(s)://."""
+    """The artifact's bytes from file:// or http(s)://.
+
+    Error messages name the URI only as :func:`redact_uri` shows it, and never include the text
+    of an HTTP library's exception (it embeds the full URL, credentials and all).
+    """
+    shown = redact_uri(uri)
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         path = Path(unquote(parsed.path))
         if not path.is_file():
-            raise ArtifactError(f"MODEL_URI {uri}: no such file")
+            raise ArtifactError(f"{shown}: no such file")
         if path.stat().st_size > MAX_ARTIFACT_BYTES:
-            raise ArtifactError(f"MODEL_URI {uri}: larger than {MAX_ARTIFACT_BYTES} bytes")
+            raise ArtifactError(f"{shown}: larger than {MAX_ARTIFACT_BYTES} bytes")
         return path.read_bytes()
     if parsed.scheme in ("http", "https"):
-        try:
-            with httpx.stream("GET", uri, timeout=DOWNLOAD_TIMEOUT_SECONDS, follow_redirects=True) as response:
-                response.raise_for_status()
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > MAX_ARTIFACT_BYTES:
-                        raise ArtifactError(f"MODEL_URI {uri}: larger than {MAX_ARTIFACT_BYTES} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.HTTPError as error:
-            raise ArtifactError(f"MODEL_URI {uri}: download failed ({type(error).__name__}: {error})") from error
-    raise ArtifactError(f"MODEL_URI {uri}: this server loads file:// and http(s):// URIs only")
+        return _download(uri, shown)
+    raise ArtifactError(f"{shown}: this server loads file:// and http(s):// URIs only")
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts every URI in a record of the HTTP libraries (httpx logs each request's full URL at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub_uris(record.getMessage()), None
+        return True
+
+
+def redact_http_logs() -> None:
+    """Install :class:`RedactingFilter` on httpx's logger, and keep httpcore's (headers, at DEBUG) at WARNING."""
+    http_log = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactingFilter) for f in http_log.filters):
+        http_log.addFilter(RedactingFilter())
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _download(uri: str, shown: str) -> bytes:
+    redact_http_logs()
+    try:
+        with httpx.stream("GET", uri, timeout=DOWNLOAD_TIMEOUT_SECONDS, follow_redirects=True) as response:
+            if response.status_code >= 400:
+                raise ArtifactError(f"{shown}: download failed (HTTP {response.status_code})")
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ARTIFACT_BYTES:
+                    raise ArtifactError(f"{shown}: larger than {MAX_ARTIFACT_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as error:
+        raise ArtifactError(f"{shown}: download failed ({type(error).__name__}: {scrub_uris(str(error))[:200]})") from None
 
 
 def verify(data: bytes, digest: str | None) -> str:
@@ -114,7 +144,7 @@ def decode(data: bytes, model_format: str) -> Predictor:
         try:
             return SklearnModel(joblib.load(io.BytesIO(data)))
         except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
-            raise ArtifactError(f"not a joblib scikit-learn artifact: {type(error).__name__}: {error}") from error
+            raise ArtifactError(f"not a joblib scikit-learn artifact: {type(error).__name__}: {scrub_uris(str(error))[:200]}") from None
     if model_format in ("custom", "linear-json"):
         try:
             document = json.loads(data)
@@ -124,19 +154,25 @@ def decode(data: bytes, model_format: str) -> Predictor:
     raise ArtifactError(f"MODEL_FORMAT {model_format} is not supported by this server (sklearn, custom)")
 
 
-def linear_model(document: dict[str, Any]) -> LinearModel:
-    if document.get("type") != "linear":
+def linear_model(document: Any) -> LinearModel:
+    if not isinstance(document, dict) or document.get("type") != "linear":
         raise ArtifactError('a linear-json artifact needs "type": "linear"')
-    coefficients = np.asarray(document["coefficients"], dtype=float)
-    features: Sequence[str] = document.get("features") or [f"x{i}" for i in range(len(coefficients))]
+    try:
+        coefficients = np.asarray(document["coefficients"], dtype=float)
+        features: Sequence[str] = document.get("features") or [f"x{i}" for i in range(len(coefficients))]
+        intercept, threshold = float(document.get("intercept", 0.0)), float(document.get("threshold", 0.5))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(f"a linear-json artifact needs numeric coefficients, intercept and threshold ({type(error).__name__})") from None
+    if coefficients.ndim != 1:
+        raise ArtifactError('"coefficients" must be a flat list of numbers')
     if len(features) != len(coefficients):
         raise ArtifactError(f"{len(features)} feature names for {len(coefficients)} coefficients")
     return LinearModel(
         kind=str(document.get("kind", "classifier")),
-        features=tuple(features),
+        features=tuple(str(f) for f in features),
         coefficients=coefficients,
-        intercept=float(document.get("intercept", 0.0)),
-        threshold=float(document.get("threshold", 0.5)),
+        intercept=intercept,
+        threshold=threshold,
     )
 
 

@@ -17,6 +17,12 @@ Higher always means more drift; 0.1 and 0.25 are the usual "watch" and "act" lev
 
 Below a minimum sample (default ``max(500, 50 × bins)``) no score is computed: noise on a
 quiet canary must never read as drift.
+
+A profile also **declares the values the server tracks** for labels a client chooses: the
+groups of each sensitive attribute (``groups``, from ``modelops profile build
+--sensitive-attribute``) and the categories of each categorical feature. At most
+``MAX_DECLARED_VALUES`` per name, each at most ``MAX_VALUE_BYTES`` bytes; the server counts
+every other value in one overflow bucket, so junk sent by a client never displaces them.
 """
 
 import hashlib
@@ -24,6 +30,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +38,8 @@ from scipy import stats
 
 EPSILON = 1e-4
 UNSEEN = "__unseen__"
+MAX_DECLARED_VALUES = 50  # groups per sensitive attribute, categories per categorical feature
+MAX_VALUE_BYTES = 256  # one group or category, UTF-8 encoded (the server's bound on a BYTES value)
 REFERENCE_SAMPLE_LIMIT = 2000
 Method = Literal["psi", "ks", "wasserstein"]
 
@@ -66,6 +75,18 @@ class FeatureProfile:
             counts[positions.get(str(value), len(self.categories))] += 1
         return counts
 
+    def known(self, value: str) -> str:
+        """The profile's own copy of a category, or ``UNSEEN``: what a drift window keeps of a client's value.
+
+        Keeping the profile's string (not the client's) bounds a window's memory by the profile.
+        """
+        index = self._category_index.get(value)
+        return UNSEEN if index is None else self.categories[index]
+
+    @cached_property
+    def _category_index(self) -> dict[str, int]:
+        return {category: position for position, category in enumerate(self.categories)}
+
 
 def minimum_samples(feature: FeatureProfile, floor: int = 500) -> int:
     """The default minimum window size: max(500, 50 × bins)."""
@@ -93,6 +114,14 @@ class ReferenceProfile:
     features: tuple[FeatureProfile, ...]
     rows: int
     digest: str = field(default="")
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # declared groups per sensitive attribute
+
+    def declared_groups(self, attribute: str) -> tuple[str, ...] | None:
+        """The groups tracked for ``attribute``: declared ones, else a categorical feature's categories, else None."""
+        if attribute in self.groups:
+            return self.groups[attribute]
+        feature = next((f for f in self.features if f.name == attribute and f.kind == "categorical"), None)
+        return feature.categories if feature is not None else None
 
     def feature(self, name: str) -> FeatureProfile:
         return next(f for f in self.features if f.name == name)
@@ -107,6 +136,8 @@ class ReferenceProfile:
                 for f in self.features
             ],
         }
+        if self.groups:  # absent when empty, so profiles built before groups existed keep their digest
+            document["groups"] = {attribute: list(values) for attribute, values in self.groups.items()}
         document["digest"] = _digest(document)
         return document
 
@@ -124,7 +155,24 @@ class ReferenceProfile:
             )
             for f in document["features"]
         )
-        return cls(features=features, rows=int(document["rows"]), digest=expected)
+        return cls(features=features, rows=int(document["rows"]), digest=expected, groups=_groups(document.get("groups", {})))
+
+
+def _groups(document: Any) -> dict[str, tuple[str, ...]]:
+    """The ``groups`` section, checked against the bounds the server relies on."""
+    if not isinstance(document, dict):
+        raise ValueError('"groups" must map each sensitive attribute to a list of its groups')
+    groups: dict[str, tuple[str, ...]] = {}
+    for attribute, values in document.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f'"groups" of {attribute}: a list of strings is needed')
+        if len(values) > MAX_DECLARED_VALUES:
+            raise ValueError(f'"groups" of {attribute}: {len(values)} groups; at most {MAX_DECLARED_VALUES} can be declared')
+        too_long = [v for v in values if len(v.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES]
+        if too_long:
+            raise ValueError(f'"groups" of {attribute}: a group is longer than {MAX_VALUE_BYTES} bytes')
+        groups[str(attribute)] = tuple(values)
+    return groups
 
 
 def _digest(document: dict[str, Any]) -> str:
@@ -144,7 +192,7 @@ def numeric_profile(name: str, values: np.ndarray, bins: int, rng: np.random.Gen
                           tuple(float(v) for v in sample))
 
 
-def categorical_profile(name: str, values: Sequence[str], max_categories: int = 50) -> FeatureProfile:
+def categorical_profile(name: str, values: Sequence[str], max_categories: int = MAX_DECLARED_VALUES) -> FeatureProfile:
     """Shares of the most common categories; the rest and unseen ones share the last bin."""
     unique, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
     order = np.argsort(-counts, kind="stable")[:max_categories]
@@ -154,13 +202,38 @@ def categorical_profile(name: str, values: Sequence[str], max_categories: int = 
     return FeatureProfile(name, "categorical", (), categories, tuple(shares))
 
 
-def build_profile(columns: dict[str, list[str]], bins: int = 10, seed: int = 0) -> ReferenceProfile:
-    """A profile of every column: numeric when every value parses as a number, else categorical."""
+def declared_groups(name: str, values: Sequence[str]) -> tuple[str, ...]:
+    """Every distinct value of a sensitive attribute's column, most frequent first (at most ``MAX_DECLARED_VALUES``)."""
+    unique, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+    if len(unique) > MAX_DECLARED_VALUES:
+        raise ValueError(
+            f"sensitive attribute {name} has {len(unique)} distinct values; at most {MAX_DECLARED_VALUES} groups can be declared "
+            "(bucket the column before profiling)"
+        )
+    too_long = [str(v) for v in unique if len(str(v).encode("utf-8")) > MAX_VALUE_BYTES]
+    if too_long:
+        raise ValueError(f"sensitive attribute {name} has a value longer than {MAX_VALUE_BYTES} bytes")
+    return tuple(str(unique[i]) for i in np.argsort(-counts, kind="stable"))
+
+
+def build_profile(
+    columns: dict[str, list[str]], bins: int = 10, seed: int = 0, sensitive_attributes: Sequence[str] = ()
+) -> ReferenceProfile:
+    """A profile of every column: numeric when every value parses as a number, else categorical.
+
+    The columns named in ``sensitive_attributes`` are not profiled for drift: their distinct
+    values become the attribute's declared groups.
+    """
+    missing = [name for name in sensitive_attributes if name not in columns]
+    if missing:
+        raise ValueError(f"sensitive attribute(s) {', '.join(missing)}: no such column")
     rng = np.random.default_rng(seed)
     features = []
     rows = 0
     for name, raw in columns.items():
         rows = max(rows, len(raw))
+        if name in sensitive_attributes:
+            continue
         try:
             numbers = np.asarray([float(v) for v in raw], dtype=float)
         except ValueError:
@@ -169,5 +242,6 @@ def build_profile(columns: dict[str, list[str]], bins: int = 10, seed: int = 0) 
         if not all(math.isfinite(v) for v in numbers):
             numbers = numbers[np.isfinite(numbers)]
         features.append(numeric_profile(name, numbers, bins, rng))
-    profile = ReferenceProfile(tuple(features), rows)
-    return ReferenceProfile(profile.features, rows, profile.to_json()["digest"])
+    groups = {name: declared_groups(name, columns[name]) for name in sensitive_attributes}
+    profile = ReferenceProfile(tuple(features), rows, groups=groups)
+    return ReferenceProfile(profile.features, rows, profile.to_json()["digest"], groups)

@@ -55,7 +55,7 @@ def test_latency_query_keeps_le_and_uses_the_window() -> None:
     query = value_query(check(window="2m"))
     assert query == (
         "histogram_quantile(0.99, sum by (namespace, model, version, le) "
-        '(rate(mlserve_request_duration_seconds_bucket{endpoint="infer"}[2m])))'
+        '(rate(mlserve_request_duration_seconds_bucket{api="infer"}[2m])))'
     )
 
 

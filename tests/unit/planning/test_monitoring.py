@@ -176,3 +176,20 @@ def test_a_naive_cooldown_in_status_is_read_as_utc_instead_of_raising_every_pass
     assert cooling.cooling_down and cooling.create is None
     later = decide_retraining(OWNER, spec(), status.retraining, trigger="drift", features=(), job=None, now=at(3600))
     assert later.create is not None
+
+
+def test_pods_of_one_job_reporting_different_candidates_yield_none() -> None:
+    started = decide_retraining(OWNER, spec(), None, trigger="drift", features=(), job=None, now=T0).status
+    conflicting = ObservedJob("fraud-retrain-1", succeeded=True, failed=False, finished_at=at(100), conflicting_messages=2)
+    done = decide_retraining(OWNER, spec(), started, trigger=None, features=(), job=conflicting, now=at(100))
+    assert done.status is not None and done.status.last_run is not None
+    assert done.status.last_run.outcome == "Succeeded" and done.status.last_run.candidate is None
+    assert "2 pods of the Job report different termination messages" in done.status.last_run.reason
+    assert [e.type for e in done.events] == ["Warning"]
+
+
+def test_an_oversized_termination_message_is_no_candidate() -> None:
+    from modelops.planning.monitoring import parse_candidate
+
+    candidate, problem = parse_candidate('{"version": "1.1", "uri": "s3://m/1.1/", "pad": "' + "x" * 5000 + '"}')
+    assert candidate is None and "longer than 4096 bytes" in problem

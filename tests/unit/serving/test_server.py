@@ -1,9 +1,6 @@
 """The reference server's protocol contract, error paths, digest refusal and metrics, over real HTTP."""
 
-import asyncio
-import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,50 +9,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from modelops.serving.drift import build_profile
-from modelops.serving.server import ServerConfig, create
-
-LINEAR = {"type": "linear", "kind": "classifier", "features": ["a", "b"], "coefficients": [1.0, -1.0], "intercept": 0.0}
-
-
-class RunningServer:
-    """An aiohttp app on 127.0.0.1 in a thread of its own."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.app, self.state = create(config)
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(self.app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
-
-    def close(self) -> None:
-        self.http.close()
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = self.http.get("/metrics").text
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-
-
-def artifact(tmp_path: Path, document: dict[str, Any] = LINEAR) -> tuple[str, str]:
-    path = tmp_path / "model.json"
-    path.write_bytes(json.dumps(document).encode())
-    return path.as_uri(), "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+from modelops.serving.server import ServerConfig
+from tests.unit.serving.helpers import RunningServer, artifact
 
 
 @pytest.fixture
@@ -94,7 +51,7 @@ def test_health_metadata_and_inference(server: RunningServer) -> None:
         ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64"}]}, 400, "has no data"),
         ({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, "needs 4 values, got 3"),
         ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, "expects 2 features per row, got 3"),
-        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "BOOL", "data": [1, 2]}]}, 400, "datatype BOOL is not one of"),
+        ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "BOOL", "data": [1, 2]}]}, 400, "datatype 'BOOL' is not one of"),
         ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": ["a", "b"]}]}, 400, "data is not FP64"),
         ({"inputs": [{"name": "x", "shape": [1, 1, 2], "datatype": "FP64", "data": [1, 2]}]}, 400, "shape must be"),
         ({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, float("nan")]}]}, 400, "NaN or infinite"),
@@ -144,9 +101,9 @@ def test_metrics_after_a_known_sequence_of_requests(server: RunningServer) -> No
     def value(name: str, **labels: str) -> float:
         return samples[(name, tuple(sorted((*model, *labels.items()))))]
 
-    assert value("mlserve_requests_total", protocol="rest", endpoint="infer", outcome="success") == 1
-    assert value("mlserve_requests_total", protocol="rest", endpoint="infer", outcome="client_error") == 1
-    assert value("mlserve_request_duration_seconds_count", protocol="rest", endpoint="infer") == 2
+    assert value("mlserve_requests_total", protocol="rest", api="infer", outcome="success") == 1
+    assert value("mlserve_requests_total", protocol="rest", api="infer", outcome="client_error") == 1
+    assert value("mlserve_request_duration_seconds_count", protocol="rest", api="infer") == 2
     assert value("mlserve_predictions_total", **{"class": "1"}) == 2
     assert value("mlserve_predictions_total", **{"class": "0"}) == 1
     assert value("mlserve_group_predictions_total", attribute="sex", group="f", predicted="1") == 2
