@@ -9,7 +9,7 @@ the apiserver refuses (the HTTPRoute CRD missing, the entry Service), a Gateway 
 and a status the models cannot read. Every pass reads the stored object only, as an operator that
 just restarted would.
 
-What must hold after every pass (see ``Model`` for how each is judged):
+What must hold after every pass (``PlannerMachine.run_pass`` and ``check_world`` judge each):
 
 1. A version becomes stable only by its first release (no other version ever released here),
    a completed analysis (every step done, each one completed by evidence: every check passed in
@@ -20,17 +20,24 @@ What must hold after every pass (see ``Model`` for how each is judged):
    and it is unblocked only by ``retry`` or by another rollback.
 3. ``Ready=True`` only while the stable version has its wanted replicas (fixed count or HPA
    minReplicas, as released) Ready.
-4. The weights in status are the split the cluster holds (the last one applied successfully).
-5. With nothing changing, passes converge, and then a pass writes nothing.
+4. The weights in status are the split the cluster holds (the last one applied successfully),
+   and traffic reaches only the stable version and the live canary.
+5. With nothing changing, passes converge, and then a pass writes nothing (also 1 s later, when
+   no clock of the planner ticks in that second).
 6. A pass with an unreadable status writes no child.
 
-Runs are deterministic: ``derandomize=True`` (no example database is needed to reproduce a
-failure in CI; hypothesis prints the failing sequence of rules).
+The fake world is simple on purpose: no HPA controller (an autoscaled Deployment stays at
+minReplicas), no generations, ``managedFields`` only for Service selectors, and the monitoring
+check is a rollback check with verdicts given directly.
+
+Runs are deterministic in CI: ``derandomize=True`` and no example database (hypothesis prints the
+failing sequence of rules). ``INVARIANT_EXAMPLES=1000`` (about 2 min) and ``INVARIANT_EXPLORE=1``
+(random seeds) search further; the minimal examples at the end are what such searches found.
 """
 
 import copy
-import os
 import datetime
+import os
 from collections.abc import Mapping
 from typing import Any
 
