@@ -128,6 +128,12 @@ def fresh_drift(scope: str = "") -> str:
     return f"(time() - mlmon_last_run_timestamp_seconds{matchers} < {FRESHNESS_INTERVALS} * mlmon_drift_interval_seconds{matchers})"
 
 
+# The server counts values it was not told to track (see ``serving.labels``) under one overflow group.
+# Clients choose those values, so the overflow group never enters a fairness gap: it stays visible on
+# the dashboard, but junk values cannot widen (or narrow) the gap between the declared groups.
+DECLARED_GROUPS = 'group!="__other__"'
+
+
 def value_query(check: Check, scope: str = "") -> str:
     """The PromQL for the check's value, grouped by namespace, model and version.
 
@@ -159,8 +165,8 @@ def value_query(check: Check, scope: str = "") -> str:
     if check.type == "fairnessGap":
         assert check.attribute is not None  # guaranteed by the CRD's CEL rule
         attribute = escape_label_value(check.attribute)
-        positive = f'sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}, predicted="1"{scope}}}[{window}]))'
-        total = f"sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}{scope}}}[{window}]))"
+        positive = f'sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}, {DECLARED_GROUPS}, predicted="1"{scope}}}[{window}]))'
+        total = f"sum by ({GROUPING}, group) (rate(mlserve_group_predictions_total{{attribute={attribute}, {DECLARED_GROUPS}{scope}}}[{window}]))"
         rate = f"(({positive} or 0 * {total}) / {total})"
         return f"max by ({GROUPING}) {rate} - min by ({GROUPING}) {rate}"
     raise ValueError(f"unknown check type {check.type!r}")
@@ -180,7 +186,7 @@ def sample_query(check: Check, scope: str = "") -> str | None:
     if check.type == "fairnessGap":
         assert check.attribute is not None
         attribute = escape_label_value(check.attribute)
-        per_group = f"sum by ({GROUPING}, group) (increase(mlserve_group_predictions_total{{attribute={attribute}{scope}}}[{window}]))"
+        per_group = f"sum by ({GROUPING}, group) (increase(mlserve_group_predictions_total{{attribute={attribute}, {DECLARED_GROUPS}{scope}}}[{window}]))"
         return f"min by ({GROUPING}) ({per_group})"  # the smallest group decides
     return None
 

@@ -254,3 +254,11 @@ def test_due_canaries_and_monitors_are_found_from_watched_bodies() -> None:
     assert due_canaries(bodies, "2026-11-26T11:59:59Z") == []  # not yet due
     [(monitor, version)] = due_monitors(bodies, "2026-11-26T12:00:01Z")
     assert (monitor.canary_version, version, [c.name for c in monitor.checks]) == ("1", "1", ["drift"])
+
+
+def test_the_overflow_group_never_enters_a_fairness_gap() -> None:
+    """Values clients send that the profile does not declare are counted under __other__: they must
+    not widen the gap (a client could fail a canary) or hide a small group in the sample guard."""
+    fairness = check(type="fairnessGap", attribute="sex", max=0.1)
+    value, samples = value_query(fairness), sample_query(fairness) or ""
+    assert value.count('group!="__other__"') == 2 and samples.count('group!="__other__"') == 1
