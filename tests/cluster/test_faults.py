@@ -253,7 +253,7 @@ def _accepts(fault: Fault, patch: dict[str, Any]) -> bool:
 def test_a_route_write_refused_by_admission_holds_the_step_and_status_keeps_the_applied_weight(
     fault: Fault, kubectl: Kubectl
 ) -> None:
-    fault.create([{"setWeight": 20}, {"pause": {"duration": "15s"}}, {"setWeight": 50}, {"pause": {}}], router=GATEWAY)
+    fault.create([{"setWeight": 20}, {"pause": {"duration": "30s"}}, {"setWeight": 50}, {"pause": {}}], router=GATEWAY)
     fault.release("2.0.0")
     fault.wait("2.0.0 at 20 %", _at_step(1))
     assert fault.route_weights() == {STABLE: 80, CANARY: 20}
@@ -261,6 +261,10 @@ def test_a_route_write_refused_by_admission_holds_the_step_and_status_keeps_the_
     policy = f"freeze-routes-{fault.namespace}"
     kubectl("apply", "-f", "-", input=_freeze_routes(policy, fault.namespace))
     try:
+        # The apiserver enforces a new policy a moment after it is created: wait until it refuses a
+        # (dry-run) route change, well before the 30 s pause ends.
+        bootstrap.wait_for("the policy to be enforced", lambda: not _route_change_allowed(fault), timeout=20)
+        assert fault.status()["rollout"]["step"] == 1
         status = fault.wait("TrafficSplitUnavailable", lambda s: _reason(s, "Degraded") == "TrafficSplitUnavailable", timeout=90)
         assert status["rollout"]["step"] == 1 and status["rollout"]["weight"] == 20 and status["canary"]["weight"] == 20
         assert "frozen by policy" in status["message"]
@@ -273,6 +277,18 @@ def test_a_route_write_refused_by_admission_holds_the_step_and_status_keeps_the_
     status = fault.wait("the step to go through", lambda s: (s.get("canary") or {}).get("weight") == 50, timeout=90)
     assert fault.route_weights() == {STABLE: 50, CANARY: 50}
     assert _reason(status, "Degraded") == "AsExpected"
+
+
+def _route_change_allowed(fault: Fault) -> bool:
+    patch = {"metadata": {"annotations": {"example.com/probe": utc_now()}}}
+    try:
+        fault.custom.patch_namespaced_custom_object("gateway.networking.k8s.io", "v1", fault.namespace, "httproutes", NAME, patch,
+                                                    dry_run="All", _content_type="application/merge-patch+json")
+    except ApiException as error:
+        if error.status in (403, 422):
+            return False
+        raise
+    return True
 
 
 def _freeze_routes(name: str, namespace: str) -> str:
