@@ -257,7 +257,9 @@ def test_a_route_write_refused_by_admission_holds_the_step_and_status_keeps_the_
     fault.release("2.0.0")
     fault.wait("2.0.0 at 20 %", _at_step(1))
     assert fault.route_weights() == {STABLE: 80, CANARY: 20}
-    steps_completed = fault.events().count("StepCompleted")
+    # Events are posted after the status write that shows the step: wait for the first StepCompleted.
+    bootstrap.wait_for("the first StepCompleted event", lambda: fault.events().count("StepCompleted") == 1, timeout=20)
+    steps_completed = 1
     policy = f"freeze-routes-{fault.namespace}"
     kubectl("apply", "-f", "-", input=_freeze_routes(policy, fault.namespace))
     try:
