@@ -163,14 +163,19 @@ def test_the_stable_deleted_unlabelled_edited_and_scaled_to_zero_mid_canary_is_r
     assert fault.events().count("Released") == 1  # only the first release
 
 
-def test_a_status_that_lost_its_stable_version_writes_no_child_and_never_releases_the_blocked_revision(
-    fault: Fault, devcluster: ClusterState, operator: Operator
-) -> None:
+def _aborted_canary(fault: Fault) -> None:
+    """1.0.0 stable, and 2.0.0 rolled out to a manual gate, then aborted: the spec names a blocked version."""
     fault.create([{"setWeight": 20}, {"pause": {}}])
     fault.release("2.0.0")
     fault.wait("2.0.0 at the manual gate", _at_step(1))
     fault.act("abort")
     fault.wait("the abort", lambda s: (s.get("blockedRevision") or {}).get("version") == "2.0.0")
+
+
+def test_a_status_that_lost_its_stable_version_writes_no_child_and_never_releases_the_blocked_revision(
+    fault: Fault, devcluster: ClusterState, operator: Operator
+) -> None:
+    _aborted_canary(fault)
     stable = fault.status()["stable"]
 
     since = _settled_now()
@@ -203,11 +208,7 @@ def _loosened_metrics_schema(crd: dict[str, Any]) -> dict[str, Any]:
 def test_an_unreadable_status_field_holds_without_writing_children_and_keeps_the_rest(
     fault: Fault, devcluster: ClusterState, operator: Operator, admin_api: client.ApiClient, kubectl: Kubectl
 ) -> None:
-    fault.create([{"setWeight": 20}, {"pause": {}}])
-    fault.release("2.0.0")
-    fault.wait("2.0.0 at the manual gate", _at_step(1))
-    fault.act("abort")
-    fault.wait("the abort", lambda s: (s.get("blockedRevision") or {}).get("version") == "2.0.0")
+    _aborted_canary(fault)
 
     extensions = client.ApiextensionsV1Api(admin_api)
     crd = json.loads(extensions.read_custom_resource_definition(MODELDEPLOYMENTS_CRD, _preload_content=False).data)
