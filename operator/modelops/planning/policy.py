@@ -6,7 +6,7 @@ tenant who cannot create pods or read Secrets obtains a privileged retraining po
 server reading a Secret. The same rules are enforced twice:
 
 1. at admission, by the ValidatingAdmissionPolicy ``modelops-tenant-limits``
-   (``manifests/admission-policy.yaml``): a refused spec is never stored;
+   (``manifests/base/admission-policy.yaml``): a refused spec is never stored;
 2. here, before each write of a pod-carrying child (the model Deployments, the retraining
    Job): defence in depth for a cluster where the policy is missing, unbound or was added after
    the spec was stored. A refused child is not written, and the refusal shows in status
