@@ -107,7 +107,7 @@ def test_pause_then_resume_from_a_client_whose_clock_is_behind_ends_resumed(
     times = {entry["manager"]: entry["time"] for entry in metadata["managedFields"]}
     assert times[field_manager("pause")] < times[field_manager("resume")]
     rollout.wait_stable("2.0.0", timeout=120)  # resumed, and carried through to the end
-    reasons = rollout.events()
+    reasons = rollout.wait_events("Paused", "Resumed")
     assert reasons.index("Resumed", reasons.index("Paused")) > reasons.index("Paused")
 
 

@@ -279,8 +279,12 @@ def test_a_new_version_rolls_out_beside_stable_then_replaces_it(
     env = _env(models.apps.read_namespaced_deployment("fraud-detector-2-2-0", models.namespace).spec.template.spec.containers[0])
     # No digest: MODEL_DIGEST is set and empty (the API stores an empty value as absent).
     assert (env["MODEL_VERSION"], env["MODEL_URI"], env["MODEL_DIGEST"]) == ("2.2.0", "s3://models/fraud/2.2.0/", None)
-    events = models.core.list_namespaced_event(models.namespace, field_selector="involvedObject.name=fraud-detector").items
-    assert {"Released", "Promoted"} <= {event.reason for event in events}
+    def reasons() -> set[str]:
+        events = models.core.list_namespaced_event(models.namespace, field_selector="involvedObject.name=fraud-detector").items
+        return {event.reason for event in events}
+
+    # A pass posts its events after its status write: the status the test saw may be ahead of them.
+    bootstrap.wait_for("the Released and Promoted events", lambda: {"Released", "Promoted"} <= reasons(), timeout=20)
     assert_no_writes_over_periodic_passes(models, devcluster, operator, passes=2)
 
 

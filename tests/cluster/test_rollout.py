@@ -116,6 +116,12 @@ class Rollout:
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={NAME}").items
         return [event.reason for event in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
 
+    def wait_events(self, *reasons: str, timeout: float = 20) -> list[str]:
+        """The events once every one of ``reasons`` is among them: the operator posts a pass's events
+        after its status write, so a status a test saw may be ahead of its events."""
+        bootstrap.wait_for(f"events {', '.join(reasons)}", lambda: set(reasons) <= set(self.events()), timeout=timeout)
+        return self.events()
+
 
 @pytest.fixture
 def rollout(operator: Operator, admin_api: client.ApiClient, devcluster: ClusterState, namespace: str) -> Iterator[Rollout]:
@@ -164,7 +170,7 @@ def test_a_healthy_canary_is_promoted_through_every_step_gateway_api(rollout: Ro
     bootstrap.wait_for("the route to send everything to 2.0.0", lambda: rollout.route_weights() == {canary_name: 100}, timeout=30)
     status = rollout.wait_stable("2.0.0")
     assert [(h["version"], h["outcome"]) for h in status["history"]][-1] == ("2.0.0", "Promoted")
-    assert {"CanaryStarted", "StepCompleted", "Promoted"} <= set(rollout.events())
+    assert {"CanaryStarted", "StepCompleted", "Promoted"} <= set(rollout.wait_events("CanaryStarted", "StepCompleted", "Promoted"))
 
 
 def test_a_healthy_canary_is_promoted_replica_counts_follow_the_steps(rollout: Rollout) -> None:
@@ -215,7 +221,7 @@ def test_a_latency_regression_is_rolled_back_within_the_analysis_interval(rollou
     assert status["stable"]["version"] == "1.0.0"
     entry = rollout.core.read_namespaced_service(NAME, rollout.namespace)
     assert entry.spec.selector["modelops.dev/version"] == "1.0.0"  # all traffic back on stable at once
-    assert "RolledBack" in rollout.events()
+    assert "RolledBack" in rollout.wait_events("RolledBack")
     print(f"\nlatency regression to rollback: {elapsed:.1f}s (interval {INTERVAL_SECONDS}s)")
 
 
