@@ -292,11 +292,12 @@ def reconcile(
         return outcome
 
     observed = observe(cluster, owner, previous)
+    requested = requested_actions(metadata)
     plan = planning.plan(
         owner, spec, previous, observed, generation, now,
         evaluations=evaluations, monitoring_evaluations=monitoring_evaluations,
-        requested_actions=requested_actions(metadata),
-        action_order=server_order(metadata, requested_actions(metadata)),
+        requested_actions=requested,
+        action_order=server_order(metadata, requested),
         namespace_policy=namespace_policy(cluster, owner.namespace, spec),
     )
     if plan.unreadable:
@@ -319,9 +320,11 @@ def reconcile(
             plan.changing, retraining=previous.retraining, traffic_error=traffic_error, refusals=plan.refusals,
         )
     elif outcome.errors:
+        # (A traffic error here is a first release's: there is no earlier split to keep, but the
+        # TrafficSplit condition still says the split was not written.)
         status = planning.compute_status(
             owner, spec, previous, plan.state, observed, generation, now, outcome.errors, plan.changing,
-            monitoring=plan.monitoring, retraining=plan.status.retraining, refusals=plan.refusals,
+            monitoring=plan.monitoring, retraining=plan.status.retraining, traffic_error=traffic_error, refusals=plan.refusals,
         )
     status, announced_job, notify_events = _with_notification(cluster, status, spec, owner, notifier)
     if status != previous:

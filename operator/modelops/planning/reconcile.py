@@ -21,6 +21,7 @@ The model of a pass:
    status changed, so an unchanged world yields an identical status and no write.
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,9 +111,9 @@ class Observed:
     def deployment_of(self, version: str) -> ObservedDeployment | None:
         return next((found for found in self.deployments.values() if found.version == version), None)
 
-    @property
+    @functools.cached_property
     def records(self) -> dict[str, RevisionRecord]:
-        """Version -> the newest readable record of it."""
+        """Version -> the newest readable record of it (computed once per observation: a pass asks often)."""
         return revisions.latest_records(self.revisions)
 
     def released_versions(self) -> set[str]:
@@ -685,8 +686,7 @@ def unreadable_status(previous: ModelDeploymentStatus, problem: str, generation:
 
 def partial_status_document(status: ModelDeploymentStatus) -> dict[str, Any]:
     """Only phase, message and conditions, as a merge patch: the fields that could not be read stay as they are."""
-    document = status.model_dump(mode="json", by_alias=True, include={"phase", "message", "conditions"})
-    return document
+    return status.model_dump(mode="json", by_alias=True, include={"phase", "message", "conditions"})
 
 
 def previous_state(status: ModelDeploymentStatus) -> RolloutState:

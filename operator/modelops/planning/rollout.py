@@ -129,6 +129,12 @@ def _progressed(rollout: RolloutStatus, now: str, **changes: object) -> RolloutS
     return rollout.model_copy(update={"last_progress_at": now, "held_since": None, **changes})
 
 
+def _next_step(rollout: RolloutStatus, now: str) -> RolloutStatus:
+    """The next step starts at ``now``: the deadline counts from here, and every check needs new evidence in it."""
+    checks = [check.model_copy(update={"passed_in_step": False}) for check in rollout.checks]
+    return _progressed(rollout, now, step=rollout.step + 1, step_started_at=now, checks=checks)
+
+
 @dataclass
 class _Run:
     """Mutable working state of one call of :func:`advance`."""
@@ -314,12 +320,7 @@ def _advance_steps(run: _Run, stable_deployment: str, full_size: bool) -> None:
         if waiting:
             run.hold_reason = waiting
             return
-        run.rollout = _progressed(
-            rollout, run.now,
-            step=rollout.step + 1,
-            step_started_at=run.now,
-            checks=[check.model_copy(update={"passed_in_step": False}) for check in rollout.checks],
-        )
+        run.rollout = _next_step(rollout, run.now)
         run.events.append(Event("Normal", "StepCompleted", f"{rollout.revision}: step {rollout.step} completed at weight {run.rollout.weight}%"))
 
 
@@ -354,9 +355,7 @@ def _resume_indefinite_pause(run: _Run, actions: Mapping[str, str]) -> None:
     if "resume" in actions and rollout.step < len(steps):
         step = steps[rollout.step]
         if step.pause is not None and step.pause.duration is None:
-            # Like any completed step: the next one needs its own evidence.
-            run.rollout = _progressed(rollout, run.now, step=rollout.step + 1, step_started_at=run.now,
-                                      checks=[check.model_copy(update={"passed_in_step": False}) for check in rollout.checks])
+            run.rollout = _next_step(rollout, run.now)  # like any completed step
 
 
 def advance(
