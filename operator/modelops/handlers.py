@@ -438,35 +438,37 @@ def _guarded_batch(kind: str, run: Callable[[kopf.Memo, list[tuple[CanaryUnderAn
             _dispatched.finish((kind, item.namespace, item.name))
 
 
-def _analyse_canaries(memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> None:
-    revisions = {(canary.namespace, canary.name): revision for canary, revision in due}
+def _pass_arguments(kind: str, evaluations: dict[str, Evaluation], judged: str) -> dict[str, Any]:
+    """How ``_run_pass`` takes a batch's verdicts: a canary's with the revision they judged, a
+    monitor's with the stable version they judged (a pass drops them if that changed meanwhile)."""
+    if kind == "canary":
+        return {"evaluations": evaluations, "revision": judged}
+    return {"monitoring_evaluations": evaluations, "monitored_version": judged}
 
-    def evaluated(canary: CanaryUnderAnalysis, evaluations: dict[str, Evaluation]) -> None:
-        key = (canary.namespace, canary.name)
+
+def _analyse(kind: str, memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> int:
+    """Runs the batch's queries concurrently; each object gets its pass as soon as its own verdicts are in.
+    Returns how many queries the batch ran."""
+    judged = {(item.namespace, item.name): version for item, version in due}
+
+    def evaluated(item: CanaryUnderAnalysis, evaluations: dict[str, Evaluation]) -> None:
+        key = (item.namespace, item.name)
         try:
-            _guarded(_run_pass, canary.namespace, canary.name, memo, log, evaluations, revisions[key])
+            _guarded(_run_pass, item.namespace, item.name, memo, log, **_pass_arguments(kind, evaluations, judged[key]))
         finally:
-            _dispatched.finish(("canary", *key))
+            _dispatched.finish((kind, *key))
 
-    queries = run_tick_concurrently([canary for canary, _ in due], lambda promql: _query(memo, promql),
-                                    _templates(memo, due), memo.query_pool, ANALYSIS_BUDGET_SECONDS, evaluated)
-    metrics.analysis_tick_queries.set(queries)
+    return run_tick_concurrently([item for item, _ in due], lambda promql: _query(memo, promql),
+                                 _templates(memo, due), memo.query_pool, ANALYSIS_BUDGET_SECONDS, evaluated)
+
+
+def _analyse_canaries(memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> None:
+    metrics.analysis_tick_queries.set(_analyse("canary", memo, due))
     metrics.analysis_tick_canaries.set(len(due))
 
 
 def _analyse_monitors(memo: kopf.Memo, due: list[tuple[CanaryUnderAnalysis, str]]) -> None:
-    versions = {(monitor.namespace, monitor.name): version for monitor, version in due}
-
-    def evaluated(monitor: CanaryUnderAnalysis, evaluations: dict[str, Evaluation]) -> None:
-        key = (monitor.namespace, monitor.name)
-        try:
-            _guarded(_run_pass, monitor.namespace, monitor.name, memo, log,
-                     monitoring_evaluations=evaluations, monitored_version=versions[key])
-        finally:
-            _dispatched.finish(("monitor", *key))
-
-    run_tick_concurrently([monitor for monitor, _ in due], lambda promql: _query(memo, promql),
-                          _templates(memo, due), memo.query_pool, ANALYSIS_BUDGET_SECONDS, evaluated)
+    _analyse("monitor", memo, due)
 
 
 def _guarded(function: Any, namespace: str, name: str, *args: Any, **kwargs: Any) -> None:
