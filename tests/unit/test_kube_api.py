@@ -64,3 +64,17 @@ def test_the_periodic_list_is_paginated_and_skips_objects_being_deleted() -> Non
     }
     api._custom.list_cluster_custom_object = lambda *args, **kwargs: pages[kwargs.get("_continue")]  # type: ignore[method-assign]
     assert api.list_modeldeployments() == {("a", "one"), ("b", "two")}
+
+
+def test_every_call_of_the_cluster_api_maps_transport_failures_once() -> None:
+    """Each method of the ClusterApi protocol either carries the transport-error wrapper exactly once
+    or handles transport failures itself (post_event logs them): none lets a urllib3 error through."""
+    from modelops.kube.api import ClusterApi
+
+    methods = [name for name in vars(ClusterApi) if not name.startswith("_") and callable(getattr(ClusterApi, name))]
+    for name in methods:
+        method = getattr(KubernetesClusterApi, name)
+        if name == "post_event":
+            continue  # never raises: failures are logged
+        assert hasattr(method, "__wrapped__"), f"{name} lets transport errors through"
+        assert not hasattr(method.__wrapped__, "__wrapped__"), f"{name} is wrapped twice"

@@ -240,7 +240,6 @@ class KubernetesClusterApi:
         return result
 
     @_transport_errors_as_api_errors
-    @_transport_errors_as_api_errors
     def notify_url(self, namespace: str, key: str) -> str | None:
         """``key`` of the namespace's Secret ``modelops-notify`` (None when the Secret or the key is missing).
 
@@ -257,6 +256,7 @@ class KubernetesClusterApi:
             return None
         return base64.b64decode(encoded).decode(errors="replace").strip()[:2048]
 
+    @_transport_errors_as_api_errors
     def termination_messages(self, namespace: str, job: str, job_uid: str) -> list[str]:
         """The distinct termination messages of the Job's pods that exited 0, newest first ([]: none yet).
 
